@@ -1,0 +1,1 @@
+"""Model-card templates shipped with cardiomm (Markdown with {placeholders})."""

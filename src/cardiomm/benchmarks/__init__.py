@@ -1,0 +1,1 @@
+"""Benchmarks that print tables (speed, memory); never timed tests."""

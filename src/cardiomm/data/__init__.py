@@ -1,0 +1,1 @@
+"""Datasets: the synthetic cohort, real-dataset converters, splits and on-disk layout."""

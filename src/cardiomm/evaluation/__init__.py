@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot classification, linear probing, retrieval, plots."""

@@ -1,0 +1,1 @@
+"""ECG statement knowledge base and prompt building for zero-shot classification."""
