@@ -1,1 +1,58 @@
-"""Evaluation: zero-shot classification, linear probing, retrieval, plots."""
+"""Evaluation: zero-shot classification, linear probing, retrieval, OOD detection, plots and result tables.
+
+Everything here works on numpy embeddings / scores and on callables (e.g. ``encode_text``), independent of
+the model classes.
+"""
+
+from .aggregation import aggregate_windows
+from .linear_probe import (
+    DEFAULT_CS,
+    LinearProbeResult,
+    LinearProbeRun,
+    align_label_columns,
+    linear_probe,
+)
+from .metrics import ClassificationMetrics, classification_metrics, macro_auroc, max_f1
+from .ood import RelativeMahalanobis, ood_auroc, rejection_rate, relative_mahalanobis
+from .plots import plot_roc_curves
+from .results import load_results, results_table, save_results, to_jsonable, write_results
+from .retrieval import DEFAULT_KS, median_percentile_rank, percentile_ranks, precision_at_k
+from .zero_shot import (
+    ZeroShotResult,
+    class_text_embeddings,
+    l2_normalize,
+    zero_shot_classify,
+    zero_shot_regression,
+)
+
+__all__ = [
+    "DEFAULT_CS",
+    "DEFAULT_KS",
+    "ClassificationMetrics",
+    "LinearProbeResult",
+    "LinearProbeRun",
+    "RelativeMahalanobis",
+    "ZeroShotResult",
+    "aggregate_windows",
+    "align_label_columns",
+    "class_text_embeddings",
+    "classification_metrics",
+    "l2_normalize",
+    "linear_probe",
+    "load_results",
+    "macro_auroc",
+    "max_f1",
+    "median_percentile_rank",
+    "ood_auroc",
+    "percentile_ranks",
+    "plot_roc_curves",
+    "precision_at_k",
+    "rejection_rate",
+    "relative_mahalanobis",
+    "results_table",
+    "save_results",
+    "to_jsonable",
+    "write_results",
+    "zero_shot_classify",
+    "zero_shot_regression",
+]
