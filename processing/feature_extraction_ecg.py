@@ -1,0 +1,481 @@
+"""ECG feature extractor: the preprocessing that turns raw ECG records into model inputs.
+
+The extractor is saved with every checkpoint (``preprocessor_config.json`` plus this file and
+``ecg_records.py``), so a model always sees its inputs prepared exactly as in training.
+
+Per record, in this order:
+
+1. **Leads by name.** Input leads are matched to the configured ``lead_names`` through
+   :func:`canonical_lead_name` (``"AVR"``/``"avr"`` → ``"aVR"``, ``"v1"`` → ``"V1"``). Configured leads the
+   record lacks are zeros with ``lead_mask`` False; extra known leads (other standard leads, Frank X/Y/Z) are
+   dropped; any other name is an error.
+2. **Non-finite repair** along the time axis of each lead: a NaN/Inf sample becomes the mean of the nearest
+   finite samples before and after it in the same lead (the one available side at the record edges). A lead
+   with no finite sample is treated as absent.
+3. **Resampling** to ``sampling_rate`` with a polyphase anti-aliasing filter.
+4. **Normalisation** over the present leads and the whole (uncropped) record:
+
+   - ``"zscore"``: per lead, ``(x - mean) / max(std, epsilon)``;
+   - ``"minmax"``: per record (all present leads together), ``(x - min) / max(max - min, epsilon)``, so values
+     lie in [0, 1];
+   - ``"none"``: values stay in millivolts.
+
+   Absent leads stay exactly zero in every mode.
+5. **Length**: a random or centred window of ``crop_length`` samples, ``num_windows`` windows at
+   ``window_stride`` (test-time windows), or the full record. Missing time samples are filled with
+   ``padding_value`` and marked 0 in ``attention_mask``.
+
+Arrays are taken to be in millivolts; files are converted to millivolts from their header units.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+import torch
+from transformers import BatchFeature, FeatureExtractionMixin
+
+from .ecg_records import STANDARD_12_LEADS, canonical_lead_name, read_ecg_record, resample_signal
+
+FRANK_LEADS: tuple[str, ...] = ("X", "Y", "Z")
+NORMALIZATIONS: tuple[str, ...] = ("zscore", "minmax", "none")
+CROP_MODES: tuple[str, ...] = ("random", "center", "windows", "none")
+LAYOUTS: tuple[str, ...] = ("leads_first", "time_first")
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+ECGInput = Union[ArrayLike, str, os.PathLike, Sequence[ArrayLike], Sequence[Union[str, os.PathLike]]]
+SeedLike = Union[int, np.random.Generator, torch.Generator, None]
+
+
+def repair_non_finite(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Replace NaN/Inf samples along the time (last) axis of a (leads, time) signal.
+
+    Each non-finite sample becomes the mean of the nearest finite samples before and after it in the same lead,
+    or the one available neighbour at the edges. Returns the repaired signal and a per-lead bool array that is
+    False for leads with no finite sample at all (those leads are returned as zeros).
+    """
+    finite = np.isfinite(signal)
+    if finite.all():
+        return signal, np.ones(signal.shape[0], dtype=bool)
+    n_time = signal.shape[-1]
+    index = np.arange(n_time)
+    prev_idx = np.maximum.accumulate(np.where(finite, index, -1), axis=-1)
+    next_idx = np.minimum.accumulate(np.where(finite, index, n_time)[:, ::-1], axis=-1)[:, ::-1]
+    has_prev, has_next = prev_idx >= 0, next_idx < n_time
+    safe = np.where(finite, signal, 0.0)
+    prev_val = np.take_along_axis(safe, np.clip(prev_idx, 0, n_time - 1), axis=-1)
+    next_val = np.take_along_axis(safe, np.clip(next_idx, 0, n_time - 1), axis=-1)
+    fill = np.where(has_prev & has_next, 0.5 * (prev_val + next_val), np.where(has_prev, prev_val, next_val))
+    repaired = np.where(finite, signal, np.where(has_prev | has_next, fill, 0.0)).astype(signal.dtype, copy=False)
+    return repaired, finite.any(axis=-1)
+
+
+def normalize_signal(signal: np.ndarray, normalization: str, epsilon: float) -> np.ndarray:
+    """Normalise a (present leads, time) signal: per-lead ``"zscore"``, per-record ``"minmax"`` or ``"none"``."""
+    if normalization == "none":
+        return signal
+    if normalization == "zscore":
+        centred = signal - signal.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+        var = np.einsum("lt,lt->l", centred, centred, dtype=np.float64) / signal.shape[-1]
+        centred /= np.maximum(np.sqrt(var), epsilon).astype(np.float32)[:, None]
+        return centred
+    if normalization == "minmax":
+        low, high = float(signal.min()), float(signal.max())
+        return ((signal - low) / max(high - low, epsilon)).astype(np.float32, copy=False)
+    raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+
+
+@dataclass
+class _RawRecord:
+    name: str
+    signal: np.ndarray  # (leads, time) float32, mV
+    sampling_rate: float
+    lead_names: list[str] | None
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _check_sampling_rate(rate: Any, name: str) -> None:
+    if rate is None or isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not (
+        math.isfinite(rate) and rate > 0
+    ):
+        raise ValueError(f"{name}: sampling_rate must be given as a positive number, got {rate!r}")
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype not in (torch.float32, torch.float64):
+            if value.is_complex() or value.dtype == torch.bool:
+                raise ValueError(f"{name}: ECG values must be real numbers, got a {value.dtype} tensor")
+            value = value.float()
+        return value.numpy()
+    try:
+        array = np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{name}: cannot make an array of the input ({err})") from err
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{name}: ECG values must be real numbers, got dtype {array.dtype}")
+    return array
+
+
+class ECGFeatureExtractor(FeatureExtractionMixin):
+    r"""Turns ECG records (arrays, tensors or WFDB/challenge files) into ``input_values`` and ``lead_mask``.
+
+    Args:
+        lead_names: canonical lead order of ``input_values`` (default: the standard 12 leads).
+        sampling_rate: target sampling rate in Hz; every record is resampled to it.
+        normalization: ``"zscore"`` (per lead), ``"minmax"`` (per record, to [0, 1]) or ``"none"``.
+        crop_length: window length in samples at ``sampling_rate`` (``None`` keeps the full length).
+        min_length: records shorter than this (samples at ``sampling_rate``, after resampling) are an error.
+        window_stride: stride in samples between test-time windows (``crop="windows"``).
+        num_windows: number of test-time windows.
+        padding_value: value of padded time samples.
+        epsilon: smallest scale divided by in normalisation, so flat leads stay finite (zeros).
+    """
+
+    model_input_names = ["input_values", "lead_mask"]
+
+    def __init__(
+        self,
+        lead_names: Sequence[str] = STANDARD_12_LEADS,
+        sampling_rate: float = 500,
+        normalization: str = "zscore",
+        crop_length: int | None = 2500,
+        min_length: int = 500,
+        window_stride: int = 500,
+        num_windows: int = 6,
+        padding_value: float = 0.0,
+        epsilon: float = 1e-6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(lead_names, str) or len(lead_names) == 0:
+            raise ValueError(f"lead_names must be a non-empty list of lead names, got {lead_names!r}")
+        names = [canonical_lead_name(n) for n in lead_names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lead_names has duplicate leads: {names}")
+        if isinstance(sampling_rate, np.number):
+            sampling_rate = sampling_rate.item()
+        if isinstance(sampling_rate, bool) or not (
+            isinstance(sampling_rate, (int, float)) and math.isfinite(sampling_rate) and sampling_rate > 0
+        ):
+            raise ValueError(f"sampling_rate must be a positive number, got {sampling_rate!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        for field_name, value in (("min_length", min_length), ("window_stride", window_stride),
+                                  ("num_windows", num_windows)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field_name} must be a positive integer, got {value!r}")
+        if crop_length is not None and (not isinstance(crop_length, int) or crop_length < 1):
+            raise ValueError(f"crop_length must be a positive integer or None, got {crop_length!r}")
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+        self.lead_names = names
+        self.sampling_rate = sampling_rate
+        self.normalization = normalization
+        self.crop_length = crop_length
+        self.min_length = min_length
+        self.window_stride = window_stride
+        self.num_windows = num_windows
+        self.padding_value = float(padding_value)
+        self.epsilon = float(epsilon)
+
+    @property
+    def num_leads(self) -> int:
+        """Number of leads in ``input_values``."""
+        return len(self.lead_names)
+
+    def __call__(
+        self,
+        ecg: ECGInput,
+        sampling_rate: float | Sequence[float] | None = None,
+        lead_names: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        layout: str = "leads_first",
+        crop: str = "center",
+        return_tensors: str | None = "pt",
+        seed: SeedLike = None,
+    ) -> BatchFeature:
+        """Preprocess one record or a batch.
+
+        Args:
+            ecg: one record (2-D array/tensor), a batch (3-D array/tensor, or a list of 2-D arrays/tensors whose
+                lengths and lead sets may differ), or WFDB/challenge record paths (one, or a list).
+            sampling_rate: sampling rate of array input in Hz, one for all records or one per record (required
+                for arrays; files carry their own).
+            lead_names: names of the input rows, one list for all records or one list per record. Without it an
+                array must have exactly ``len(self.lead_names)`` rows in that order. Files carry their own.
+            layout: ``"leads_first"`` (leads, time) or ``"time_first"`` (time, leads) for array input.
+            crop: ``"random"`` window of ``crop_length``, ``"center"`` window, ``"windows"`` (``num_windows``
+                windows at ``window_stride``), or ``"none"`` (full length, batch padded to the longest).
+            return_tensors: ``"pt"`` (torch), ``"np"`` or ``None`` (numpy arrays, unconverted).
+            seed: random crops only: an int seed, a ``numpy.random.Generator`` or a ``torch.Generator``; ``None``
+                draws from torch's global generator (so ``torch.manual_seed`` and DataLoader worker seeding apply).
+
+        Returns:
+            ``BatchFeature`` with ``input_values`` float32 (batch, leads, time) — (batch, windows, leads, time) for
+            ``crop="windows"`` —, ``lead_mask`` bool (batch, leads) and ``attention_mask`` int64 (batch, time) or
+            (batch, windows, time), 1 for real samples and 0 for padding.
+
+        Raises:
+            ValueError: naming the record (file path, or ``record i of the batch`` counting from 0) on any bad
+                input: wrong rank or shape, missing or non-positive sampling rate, unknown or duplicate lead
+                names, lead-name count not matching the rows, too short a record, no usable lead, unreadable file.
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
+        if crop == "windows" and self.crop_length is None:
+            raise ValueError("crop='windows' needs crop_length to be set")
+        records = self._collect_records(ecg, sampling_rate, lead_names, layout)
+        selected = [self._select_leads(rec) for rec in records]
+        signals = self._resample(records, [signal for signal, _ in selected])
+        prepared = [self._finish_record(rec, sig, rows) for rec, sig, (_, rows) in zip(records, signals, selected)]
+        values = [p[0] for p in prepared]
+        lead_mask = np.stack([p[1] for p in prepared])
+
+        if crop == "windows":
+            input_values, attention_mask = self._windows(values)
+        else:
+            input_values, attention_mask = self._crop(values, crop, seed)
+        data = {"input_values": input_values, "lead_mask": lead_mask, "attention_mask": attention_mask}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # ----------------------------------------------------------------------------------------------- inputs
+
+    def _collect_records(
+        self, ecg: Any, sampling_rate: Any, lead_names: Any, layout: str
+    ) -> list[_RawRecord]:
+        if _is_path(ecg) or (isinstance(ecg, (list, tuple)) and len(ecg) > 0 and all(_is_path(e) for e in ecg)):
+            if sampling_rate is not None or lead_names is not None:
+                raise ValueError(
+                    "sampling_rate and lead_names are read from the record header; do not pass them with file paths"
+                )
+            paths = [ecg] if _is_path(ecg) else list(ecg)
+            records = []
+            for path in paths:
+                rec = read_ecg_record(path)
+                _check_sampling_rate(rec.sampling_rate, os.fspath(path))
+                records.append(_RawRecord(os.fspath(path), rec.signal, rec.sampling_rate, rec.lead_names))
+            return records
+
+        if isinstance(ecg, (list, tuple)):
+            if len(ecg) == 0:
+                raise ValueError("empty input: no ECG records given")
+            if any(_is_path(e) for e in ecg):
+                raise ValueError("a batch must be all file paths or all arrays, not a mix")
+            if all(isinstance(e, (np.ndarray, torch.Tensor)) for e in ecg):
+                arrays = [_to_numpy(e, f"record {i} of the batch") for i, e in enumerate(ecg)]
+                names = [f"record {i} of the batch" for i in range(len(arrays))]
+            else:
+                stacked = _to_numpy(ecg, "input")
+                arrays, names = self._split_array(stacked)
+        elif isinstance(ecg, (np.ndarray, torch.Tensor)):
+            arrays, names = self._split_array(_to_numpy(ecg, "input"))
+        elif ecg is None:
+            raise ValueError("empty input: no ECG records given")
+        else:
+            raise ValueError(
+                f"unsupported ECG input of type {type(ecg).__name__}; pass an array/tensor, a list of them, "
+                "or record file paths"
+            )
+
+        rates = self._per_record(sampling_rate, len(arrays), "sampling_rate")
+        if lead_names is None or (len(lead_names) > 0 and isinstance(lead_names[0], str)):
+            per_record_leads = [lead_names] * len(arrays)
+        else:
+            per_record_leads = self._per_record(lead_names, len(arrays), "lead_names")
+
+        records = []
+        for array, name, rate, leads in zip(arrays, names, rates, per_record_leads):
+            if array.ndim != 2:
+                raise ValueError(
+                    f"{name}: expected a 2-D (leads, time) or (time, leads) array, got shape {array.shape}"
+                )
+            _check_sampling_rate(rate, name)
+            signal = array.T if layout == "time_first" else array
+            if signal.shape[0] == 0 or signal.shape[1] == 0:
+                raise ValueError(f"{name}: empty record of shape {array.shape} ({layout})")
+            if leads is not None:
+                leads = [str(n) for n in leads]
+                if len(leads) != signal.shape[0]:
+                    hint = self._layout_hint(array, layout, len(leads))
+                    raise ValueError(
+                        f"{name}: {len(leads)} lead names given for {signal.shape[0]} rows of a {layout} array "
+                        f"of shape {tuple(array.shape)}{hint}"
+                    )
+            elif signal.shape[0] != self.num_leads:
+                hint = self._layout_hint(array, layout, self.num_leads)
+                raise ValueError(
+                    f"{name}: {signal.shape[0]} leads in a {layout} array of shape {tuple(array.shape)} but no "
+                    f"lead_names; without lead_names a record must have exactly {self.num_leads} leads in the "
+                    f"order {self.lead_names}{hint}"
+                )
+            records.append(_RawRecord(name, np.ascontiguousarray(signal, dtype=np.float32), float(rate), leads))
+        return records
+
+    @staticmethod
+    def _split_array(array: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+        if array.ndim == 2:
+            return [array], ["input record"]
+        if array.ndim == 3:
+            if array.shape[0] == 0:
+                raise ValueError("empty input: a batch of 0 records")
+            return list(array), [f"record {i} of the batch" for i in range(array.shape[0])]
+        raise ValueError(
+            f"input: expected a 2-D record (leads, time) or a 3-D batch (batch, leads, time), got shape {array.shape}"
+        )
+
+    @staticmethod
+    def _per_record(value: Any, count: int, what: str) -> list[Any]:
+        if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
+            values = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else list(value)
+            if len(values) != count:
+                raise ValueError(f"{len(values)} values of {what} given for a batch of {count} records")
+            return values
+        return [value] * count
+
+    @staticmethod
+    def _layout_hint(array: np.ndarray, layout: str, expected_rows: int) -> str:
+        other = "time_first" if layout == "leads_first" else "leads_first"
+        cols = array.shape[1] if layout == "leads_first" else array.shape[0]
+        return f" (did you mean layout={other!r}?)" if cols == expected_rows else ""
+
+    # ------------------------------------------------------------------------------------------- per record
+
+    def _select_leads(self, record: _RawRecord) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the configured leads present in ``record``, NaN/Inf-repaired, and their target rows."""
+        target_rows = np.arange(self.num_leads)
+        if record.lead_names is None:
+            source_rows = target_rows
+        else:
+            canonical = [canonical_lead_name(n) for n in record.lead_names]
+            known = set(self.lead_names) | set(STANDARD_12_LEADS) | set(FRANK_LEADS)
+            unknown = [orig for orig, c in zip(record.lead_names, canonical) if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"{record.name}: unknown lead names {unknown}; expected names of {self.lead_names} "
+                    f"(any spelling/case) or other standard/Frank leads, which are dropped"
+                )
+            position = {}
+            for row, lead in enumerate(canonical):
+                if lead in position and lead in self.lead_names:
+                    raise ValueError(f"{record.name}: lead {lead!r} appears more than once in {record.lead_names}")
+                position[lead] = row
+            pairs = [(t, position[lead]) for t, lead in enumerate(self.lead_names) if lead in position]
+            target_rows = np.array([t for t, _ in pairs], dtype=np.intp)
+            source_rows = np.array([s for _, s in pairs], dtype=np.intp)
+        if len(source_rows) == 0:
+            raise ValueError(
+                f"{record.name}: none of the leads {self.lead_names} found in the record's leads {record.lead_names}"
+            )
+        signal = record.signal
+        if not (len(source_rows) == signal.shape[0] and np.array_equal(source_rows, np.arange(signal.shape[0]))):
+            signal = signal[source_rows]
+
+        signal, usable = repair_non_finite(signal)
+        if not usable.all():
+            signal, target_rows = signal[usable], target_rows[usable]
+            if len(target_rows) == 0:
+                raise ValueError(f"{record.name}: every lead is entirely NaN/Inf; no usable signal")
+        return signal, target_rows
+
+    def _resample(self, records: list[_RawRecord], signals: list[np.ndarray]) -> list[np.ndarray]:
+        """Resample every signal to ``self.sampling_rate``; records sharing rate and length go in one call."""
+        groups: dict[tuple[float, int], list[int]] = {}
+        for i, (record, signal) in enumerate(zip(records, signals)):
+            if record.sampling_rate != self.sampling_rate:
+                groups.setdefault((record.sampling_rate, signal.shape[-1]), []).append(i)
+        out = list(signals)
+        for (rate, _), members in groups.items():
+            stacked = np.concatenate([signals[i] for i in members]) if len(members) > 1 else signals[members[0]]
+            resampled = resample_signal(stacked, rate, self.sampling_rate)
+            splits = np.cumsum([signals[i].shape[0] for i in members])[:-1]
+            for i, part in zip(members, np.split(resampled, splits)):
+                out[i] = part
+        return out
+
+    def _finish_record(self, record: _RawRecord, signal: np.ndarray, target_rows: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Check the length, normalise and place the present leads; returns ((leads, time) float32, lead mask)."""
+        if signal.shape[-1] < self.min_length:
+            raise ValueError(
+                f"{record.name}: {record.signal.shape[-1]} samples at {record.sampling_rate:g} Hz give "
+                f"{signal.shape[-1]} samples at {self.sampling_rate:g} Hz, shorter than min_length={self.min_length}"
+            )
+        signal = normalize_signal(signal, self.normalization, self.epsilon)
+        if len(target_rows) == self.num_leads:
+            values = np.ascontiguousarray(signal, dtype=np.float32)
+        else:
+            values = np.zeros((self.num_leads, signal.shape[-1]), dtype=np.float32)
+            values[target_rows] = signal
+        lead_mask = np.zeros(self.num_leads, dtype=bool)
+        lead_mask[target_rows] = True
+        return values, lead_mask
+
+    # ------------------------------------------------------------------------------------------------ length
+
+    def _crop(self, values: list[np.ndarray], crop: str, seed: SeedLike) -> tuple[np.ndarray, np.ndarray]:
+        lengths = [v.shape[-1] for v in values]
+        if crop == "none" or self.crop_length is None:
+            out_len, starts = max(lengths), [0] * len(values)
+        elif crop == "center":
+            out_len = self.crop_length
+            starts = [max(n - out_len, 0) // 2 for n in lengths]
+        else:
+            out_len = self.crop_length
+            draw = self._start_sampler(seed)
+            starts = [draw(n - out_len) if n > out_len else 0 for n in lengths]
+
+        input_values = np.full((len(values), self.num_leads, out_len), self.padding_value, dtype=np.float32)
+        attention_mask = np.zeros((len(values), out_len), dtype=np.int64)
+        for b, (v, start) in enumerate(zip(values, starts)):
+            piece = v[:, start : start + out_len]
+            input_values[b, :, : piece.shape[-1]] = piece
+            attention_mask[b, : piece.shape[-1]] = 1
+        return input_values, attention_mask
+
+    def _windows(self, values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        length, n_windows = self.crop_length, self.num_windows
+        shape = (len(values), n_windows, self.num_leads, length)
+        input_values = np.full(shape, self.padding_value, dtype=np.float32)
+        attention_mask = np.zeros((len(values), n_windows, length), dtype=np.int64)
+        for b, v in enumerate(values):
+            for w in range(n_windows):
+                piece = v[:, w * self.window_stride : w * self.window_stride + length]
+                input_values[b, w, :, : piece.shape[-1]] = piece
+                attention_mask[b, w, : piece.shape[-1]] = 1
+        return input_values, attention_mask
+
+    @staticmethod
+    def _start_sampler(seed: SeedLike):
+        """Return ``draw(high) -> int`` uniform on [0, high] from the given seed or generator."""
+        if isinstance(seed, torch.Generator) or seed is None:
+            generator = seed
+
+            def draw(high: int) -> int:
+                return int(torch.randint(0, high + 1, (1,), generator=generator).item())
+
+            return draw
+        if isinstance(seed, np.random.Generator):
+            rng = seed
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            rng = np.random.default_rng(int(seed))
+        else:
+            raise ValueError(
+                f"seed must be an int, numpy Generator, torch Generator or None, got {type(seed).__name__}"
+            )
+        return lambda high: int(rng.integers(0, high + 1))
+
+
+ECGFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
