@@ -108,12 +108,17 @@ def read_dataset_info(path: str | os.PathLike) -> ECGDatasetInfo:
 def load_ecg_dataset(path: str | os.PathLike, streaming: bool = False):
     """Load a dataset folder written by :func:`save_ecg_dataset`: returns ``(DatasetDict, ECGDatasetInfo)``.
 
+    A split is ``data/<split>.parquet`` or its shards ``data/<split>-NNNNN-of-NNNNN.parquet``.
+
     With ``streaming=True`` the splits are ``IterableDataset`` objects read lazily from Parquet.
     """
     from datasets import load_dataset
 
     info = read_dataset_info(path)
-    files = {p.stem: str(p) for p in sorted((Path(path) / "data").glob("*.parquet"))}
+    files: dict[str, list[str]] = {}
+    for p in sorted((Path(path) / "data").glob("*.parquet")):
+        # ``train.parquet`` or shards ``train-00000-of-00004.parquet``
+        files.setdefault(p.stem.split("-")[0], []).append(str(p))
     if not files:
         raise ValueError(f"{path}: no Parquet splits under data/")
     return load_dataset("parquet", data_files=files, streaming=streaming), info
