@@ -1,0 +1,1023 @@
+"""The synthetic cardiology cohort: cardiomm's built-in default data, with known answers.
+
+A cohort is a set of patients (age, sex, risk factors) followed over 2010-2022 through encounters. Chronic
+cardiac conditions start at an onset date and stay (bundle branch blocks, LVH, infarctions, axis deviation,
+low voltage, first-degree AV block); atrial fibrillation and flutter come in episodes; sinus brady- and
+tachycardia, PVCs and QT prolongation are transient. At each ECG encounter the patient's state sets the
+ECG's labels, its 12-lead waveform (:mod:`cardiomm.data.synthetic_ecg`), a free-text report
+(:mod:`cardiomm.data.synthetic_reports`), labs and echo values, and optional imaging
+(:mod:`cardiomm.data.synthetic_imaging`); every encounter leaves coded EHR events
+(:mod:`cardiomm.data.synthetic_ehr`). Wave attributes are stored as modelled (``true_*``) and, optionally,
+as measured from the signal by delineation (``measured_*``, neurokit2 on lead II).
+
+Everything is deterministic in ``seed``. The same cohort can be written as WFDB records plus metadata
+(:func:`write_wfdb`) or as a Hugging Face dataset in the shared cardiomm layout (:func:`build_dataset`,
+:func:`save_synthetic_dataset`, :func:`synthesize`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .ecg_dataset import ECGDatasetInfo, ecg_features, label_column, multi_hot, save_ecg_dataset
+from .splits import DEFAULT_SPLIT_FRACTIONS, patient_level_split
+from .synthetic_ecg import (
+    RHYTHMS,
+    SCP_CODES,
+    STANDARD_LEAD_ORDER,
+    SYNTHETIC_CONDITIONS,
+    WAVE_ATTRIBUTES,
+    ECGParameters,
+    normalize_conditions,
+    render_ecgs,
+    sample_ecg_parameters,
+    simulate_ecgs,
+)
+from .synthetic_ehr import (
+    CODE_SYSTEMS,
+    ICD10_TRANSITION,
+    LAB_UNITS,
+    RISK_FACTORS,
+    events_before,
+    generate_ehr_events,
+    generate_labs,
+    lab_tests_measured,
+    observed_labs,
+    therapy_classes,
+)
+from .synthetic_imaging import (
+    ANGIOGRAM_SHAPE,
+    CHEST_XRAY_SHAPE,
+    CORONARY_ARTERIES,
+    ECHO_SHAPE,
+    angiogram_report,
+    chest_xray_report,
+    echo_report,
+    render_angiogram,
+    render_chest_xray,
+    render_echo,
+)
+from .synthetic_reports import CONDITION_SYNONYMS, mentioned_conditions, write_ecg_reports
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+__all__ = [
+    "SYNTHETIC_CONDITIONS",
+    "RHYTHMS",
+    "SCP_CODES",
+    "WAVE_ATTRIBUTES",
+    "LAB_UNITS",
+    "CODE_SYSTEMS",
+    "CONDITION_SYNONYMS",
+    "ICD10_TRANSITION",
+    "ECGParameters",
+    "SyntheticCohort",
+    "simulate_ecgs",
+    "sample_ecg_parameters",
+    "render_ecgs",
+    "normalize_conditions",
+    "mentioned_conditions",
+    "measure_wave_attributes",
+    "generate_cohort",
+    "write_wfdb",
+    "build_dataset",
+    "synthetic_dataset_info",
+    "save_synthetic_dataset",
+    "synthesize",
+]
+
+COHORT_START = pd.Timestamp("2010-01-01")
+COHORT_END = pd.Timestamp("2022-12-31")
+SAMPLING_RATE = 500
+DURATION = 10.0
+_YEAR = pd.Timedelta(days=365.25)
+
+# chronic ECG conditions with an onset date (the EHR key of an infarction is "myocardial infarction")
+_CHRONIC = (
+    "atrial fibrillation",
+    "atrial flutter",
+    "first degree AV block",
+    "left bundle branch block",
+    "right bundle branch block",
+    "left ventricular hypertrophy",
+    "anterior myocardial infarction",
+    "inferior myocardial infarction",
+    "low QRS voltage",
+    "left axis deviation",
+    "right axis deviation",
+)
+_ONSET_COLUMN = {c: "onset_" + SCP_CODES[c].lower() for c in _CHRONIC}
+
+
+@dataclass
+class SyntheticCohort:
+    """A generated cohort: tables (pandas) plus the ECG waveforms and optional imaging arrays.
+
+    - ``patients``: one row per patient (``patient_id``, ``sex``, ``birth_date``, risk factors, the onset
+      date of each chronic condition ``onset_<scp code>`` (NaT if never), prescribing choices, ECG traits)
+    - ``encounters``: ``encounter_id, patient_id, time, setting, has_ecg``
+    - ``ecgs``: one row per ECG (``ecg_id, patient_id, encounter_id, acquisition_time, age, sex, rhythm,
+      labels, scp_codes, mi_stage, report, report_labels, report_complete, true_<attribute>,
+      measured_<attribute>``, the test flags ``has_echo``, ``has_angiogram``, ``has_chest_xray``, ``seed``)
+    - ``waveforms``: (N ECGs, 12, T) float32 mV, leads in :data:`STANDARD_LEAD_ORDER`, rows as ``ecgs``
+    - ``ehr_events``: ``patient_id, encounter_id, time, event_type, code_system, code, description``
+    - ``labs``: one row per ECG, ``ecg_id`` and :data:`LAB_UNITS` columns (NaN when not measured)
+    - ``imaging``: one row per study (``study_id, patient_id, ecg_id, modality, time, report`` and the
+      values it shows: ``lvef, ivs_thickness, cardiothoracic_ratio, effusion, stenosis_<artery>``)
+    - ``imaging_arrays``: modality -> (studies of that modality, ...) uint8, in ``imaging`` row order
+    - ``parameters``: the waveform model's parameters per ECG
+    """
+
+    patients: pd.DataFrame
+    encounters: pd.DataFrame
+    ecgs: pd.DataFrame
+    waveforms: np.ndarray
+    ehr_events: pd.DataFrame
+    labs: pd.DataFrame
+    imaging: pd.DataFrame
+    parameters: ECGParameters
+    imaging_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    sampling_rate: int = SAMPLING_RATE
+    seed: int = 0
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N, C) int8 multi-hot over :data:`SYNTHETIC_CONDITIONS`."""
+        return multi_hot(list(self.ecgs["labels"]), list(SYNTHETIC_CONDITIONS))
+
+    def __len__(self) -> int:
+        return len(self.ecgs)
+
+
+def _probability(p: np.ndarray, lo: float = 0.005, hi: float = 0.9) -> np.ndarray:
+    return np.clip(p, lo, hi)
+
+
+def _sample_patients(n: int, rng: np.random.Generator, ecgs_per_patient: tuple[int, int]) -> pd.DataFrame:
+    """Demographics, follow-up, risk factors, chronic condition onsets, prescribing choices, ECG traits."""
+    female = rng.random(n) < 0.45
+    age = np.clip(rng.normal(62, 14, n), 20, 92)
+    first = COHORT_START + pd.to_timedelta(rng.uniform(0, 11.5, n) * 365.25, unit="D")
+    lo, hi = ecgs_per_patient
+    if lo < 1 or hi < lo:
+        raise ValueError(f"ecgs_per_patient must be (lo, hi) with 1 <= lo <= hi, got {ecgs_per_patient}")
+    n_ecg = rng.integers(lo, hi + 1, n)
+    room = (COHORT_END - first) / _YEAR
+    span = np.minimum(rng.uniform(0.3, 8.0, n), room.to_numpy() - 0.01)
+    last = first + pd.to_timedelta(np.where(n_ecg > 1, span, 0.0) * 365.25, unit="D")
+    male = ~female
+    rf = {}
+    rf["hypertension"] = rng.random(n) < np.clip(0.12 + 0.013 * (age - 40), 0.05, 0.75)
+    rf["diabetes"] = rng.random(n) < np.clip(0.07 + 0.004 * (age - 40), 0.03, 0.35)
+    rf["hyperlipidemia"] = rng.random(n) < np.clip(0.22 + 0.006 * (age - 40), 0.1, 0.6)
+    rf["smoker"] = rng.random(n) < np.where(female, 0.18, 0.26)
+    rf["copd"] = rng.random(n) < np.clip(0.03 + 0.12 * rf["smoker"] + 0.002 * (age - 40), 0.01, 0.4)
+    rf["ckd"] = rng.random(n) < np.clip(0.03 + 0.004 * (age - 50) + 0.08 * rf["diabetes"], 0.01, 0.4)
+    rf["obesity"] = rng.random(n) < 0.28
+    rf["hypothyroidism"] = rng.random(n) < 0.04 + 0.06 * female
+
+    has: dict[str, np.ndarray] = {}
+    has["left bundle branch block"] = rng.random(n) < _probability(0.05 + 0.002 * (age - 50))
+    lbbb = has["left bundle branch block"]
+    has["atrial fibrillation"] = rng.random(n) < _probability(0.07 + 0.005 * (age - 50) + 0.05 * rf["hypertension"])
+    has["atrial flutter"] = rng.random(n) < _probability(0.08 + 0.002 * (age - 50))
+    has["first degree AV block"] = rng.random(n) < _probability(0.12 + 0.002 * (age - 50))
+    has["right bundle branch block"] = ~lbbb & (rng.random(n) < _probability(0.08 + 0.002 * (age - 50)))
+    mi = ~lbbb & (
+        rng.random(n)
+        < _probability(0.06 + 0.06 * male + 0.05 * rf["diabetes"] + 0.04 * rf["smoker"] + 0.003 * (age - 50))
+    )
+    site = rng.random(n)
+    has["anterior myocardial infarction"] = mi & ((site < 0.5) | (site > 0.93))
+    has["inferior myocardial infarction"] = mi & (site >= 0.5)
+    has["left ventricular hypertrophy"] = ~lbbb & (rng.random(n) < 0.06 + 0.2 * rf["hypertension"])
+    lvh = has["left ventricular hypertrophy"]
+    has["low QRS voltage"] = ~lbbb & ~lvh & (rng.random(n) < 0.07 + 0.06 * rf["obesity"] + 0.06 * rf["copd"])
+    has["left axis deviation"] = rng.random(n) < 0.09 + 0.04 * lvh + 0.06 * lbbb
+    has["right axis deviation"] = ~has["left axis deviation"] & ~lvh & (rng.random(n) < 0.09 + 0.08 * rf["copd"])
+
+    cols: dict[str, Any] = {
+        "patient_id": [f"P{i:06d}" for i in range(n)],
+        "sex": np.where(female, "F", "M"),
+        "birth_date": first - pd.to_timedelta(age * 365.25, unit="D"),
+        "first_ecg": first,
+        "last_ecg": last,
+        "n_ecgs": n_ecg,
+    }
+    cols.update(rf)
+    back = first - 6 * _YEAR
+    for c in _CHRONIC:
+        u = rng.random(n)
+        onset = back + (last - back) * u
+        cols[_ONSET_COLUMN[c]] = pd.Series(onset).where(has[c], pd.NaT).to_numpy()
+    cols["af_pattern"] = np.where(rng.random(n) < 0.5, "paroxysmal", "persistent")
+    cols["typical_flutter"] = rng.random(n) < 0.5
+    cols["hypertension_beta_blocker"] = rng.random(n) < 0.3
+    cols["hypertension_acei"] = rng.random(n) < 0.6
+    cols["hypertension_ccb"] = rng.random(n) < 0.3
+    cols["hypertension_thiazide"] = rng.random(n) < 0.25
+    cols["diabetes_statin"] = rng.random(n) < 0.5
+    cols["amiodarone"] = rng.random(n) < 0.15
+    cols["rate_control"] = rng.choice(np.array(["", "digoxin", "diltiazem"]), n, p=[0.7, 0.1, 0.2])
+    cols["prefers_warfarin"] = rng.random(n) < 0.25
+    cols["insulin"] = rng.random(n) < 0.2
+    cols["hf_mra"] = rng.random(n) < 0.5
+    cols["pci"] = rng.random(n) < 0.7
+    cols["cardioversion"] = rng.random(n) < 0.35
+    cols["ablation"] = rng.random(n) < 0.1
+    cols["lvef_offset"] = rng.normal(0, 3, n)
+    # person-level ECG traits, so that one patient's ECGs resemble each other
+    cols["trait_resting_rate"] = np.clip(rng.normal(74, 8, n), 62, 96)
+    cols["trait_pr"] = np.clip(rng.normal(158, 16, n) + 0.3 * (age - 55), 118, 196)
+    cols["trait_qrs"] = np.clip(rng.normal(90, 6, n) + 4 * male, 74, 106)
+    cols["trait_qtc"] = np.clip(rng.normal(412, 13, n) + 10 * female, 375, 450)
+    cols["trait_axis"] = np.clip(rng.normal(45, 22, n) - 0.3 * (age - 55), -20, 85)
+    cols["trait_voltage"] = np.exp(rng.normal(0, 0.12, n) - 0.15 * rf["obesity"])
+    cols["trait_rotation"] = rng.normal(0, 12, n)
+    return pd.DataFrame(cols)
+
+
+def _schedule(patients: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, list[list[int]]]:
+    """Encounters (ECG and other visits) per patient; returns the table and each patient's ECG encounters."""
+    rows = []
+    ecg_encounters: list[list[int]] = []
+    for p in patients.itertuples(index=False):
+        k = int(p.n_ecgs)
+        frac = np.sort(rng.random(k - 1)) if k > 1 else np.zeros(0)
+        times = [p.first_ecg] + [p.first_ecg + (p.last_ecg - p.first_ecg) * f for f in frac]
+        times[-1] = p.last_ecg if k > 1 else times[-1]
+        times = [t.normalize() + pd.Timedelta(minutes=int(rng.integers(7 * 60, 19 * 60))) for t in times]
+        for j in range(1, len(times)):  # distinct days
+            if times[j] <= times[j - 1] + pd.Timedelta(days=1):
+                times[j] = times[j - 1] + pd.Timedelta(days=1, minutes=int(rng.integers(0, 120)))
+        mine = []
+        for t in times:
+            mine.append(len(rows))
+            rows.append((p.patient_id, t, True))
+        n_extra = int(rng.poisson(2.5))
+        lo = max(COHORT_START, p.first_ecg - _YEAR)
+        hi = min(COHORT_END, times[-1] + _YEAR)
+        for _ in range(n_extra):
+            t = lo + (hi - lo) * rng.random()
+            rows.append((p.patient_id, t.normalize() + pd.Timedelta(hours=int(rng.integers(8, 18))), False))
+        ecg_encounters.append(mine)
+    enc = pd.DataFrame(rows, columns=["patient_id", "time", "has_ecg"])
+    enc["encounter_id"] = [f"V{i:07d}" for i in range(len(enc))]
+    return enc, ecg_encounters
+
+
+def _ecg_states(
+    patients: pd.DataFrame,
+    encounters: pd.DataFrame,
+    ecg_encounters: list[list[int]],
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """Labels and state of every ECG from its patient's conditions at that time."""
+    rows = []
+    for pi, p in enumerate(patients.to_dict(orient="records")):
+        for ei in ecg_encounters[pi]:
+            t = encounters.at[ei, "time"]
+            on = {c: (pd.notna(p[_ONSET_COLUMN[c]]) and p[_ONSET_COLUMN[c]] <= t) for c in _CHRONIC}
+            mi_onset = min(
+                (p[_ONSET_COLUMN[c]] for c in ("anterior myocardial infarction", "inferior myocardial infarction")
+                 if on[c]),
+                default=None,
+            )
+            acute = mi_onset is not None and (t - mi_onset) <= pd.Timedelta(days=7)
+            active_ehr = {c for c in _CHRONIC if on[c]} | {r for r in RISK_FACTORS if p[r]}
+            if mi_onset is not None:
+                active_ehr.add("myocardial infarction")
+            therapy = therapy_classes(p, active_ehr, t)
+            labels: set[str] = set()
+            if on["atrial fibrillation"] and rng.random() < (0.55 if p["af_pattern"] == "paroxysmal" else 0.95):
+                labels.add("atrial fibrillation")
+            elif on["atrial flutter"] and rng.random() < 0.65:
+                labels.add("atrial flutter")
+            else:
+                u = rng.random()
+                p_sb = 0.07 + 0.1 * ("beta blocker" in therapy)
+                p_st = 0.09 + 0.08 * p["copd"] + 0.2 * acute
+                if u < p_sb:
+                    labels.add("sinus bradycardia")
+                elif u < p_sb + p_st:
+                    labels.add("sinus tachycardia")
+                else:
+                    labels.add("sinus rhythm")
+                if on["first degree AV block"]:
+                    labels.add("first degree AV block")
+            for c in (
+                "left bundle branch block",
+                "right bundle branch block",
+                "left ventricular hypertrophy",
+                "anterior myocardial infarction",
+                "inferior myocardial infarction",
+                "low QRS voltage",
+                "left axis deviation",
+                "right axis deviation",
+            ):
+                if on[c]:
+                    labels.add(c)
+            structural = mi_onset is not None or on["left ventricular hypertrophy"]
+            if rng.random() < 0.08 + 0.08 * structural:
+                labels.add("premature ventricular complexes")
+            qt_risk = 0.05 + 0.2 * ("amiodarone" in therapy) + 0.03 * (p["sex"] == "F")
+            long_qt = rng.random() < qt_risk
+            if long_qt:
+                labels.add("prolonged QT")
+            potassium = rng.normal(4.2, 0.35) - 0.25 * ("thiazide" in therapy) + 0.25 * p["ckd"]
+            if long_qt and rng.random() < 0.5:
+                potassium = rng.normal(3.2, 0.2)
+            rows.append(
+                {
+                    "patient_index": pi,
+                    "encounter_index": ei,
+                    "labels": normalize_conditions(sorted(labels)),
+                    "mi_stage": "" if mi_onset is None else ("acute" if acute else "old"),
+                    "acute_site": (
+                        ""
+                        if not acute
+                        else ("anterior" if on["anterior myocardial infarction"] else "inferior")
+                    ),
+                    "potassium": float(np.clip(potassium, 2.5, 6.5)),
+                    "on_statin": "statin" in therapy,
+                    "on_diuretic": bool(therapy & {"thiazide", "loop diuretic"}),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _place_acute_infarctions(patients: pd.DataFrame, encounters: pd.DataFrame, ecg_encounters, rng) -> None:
+    """Move infarction onsets that fall between ECGs to just before the next ECG (an acute presentation),
+    and present a share of prevalent infarctions acutely at the first ECG."""
+    for pi in range(len(patients)):
+        times = [encounters.at[e, "time"] for e in ecg_encounters[pi]]
+        for c in ("anterior myocardial infarction", "inferior myocardial infarction"):
+            col = _ONSET_COLUMN[c]
+            onset = patients.at[pi, col]
+            if pd.isna(onset):
+                continue
+            later = [t for t in times if t >= onset] or times[-1:]
+            if onset > times[0]:
+                patients.at[pi, col] = later[0] - pd.Timedelta(hours=float(rng.uniform(3, 48)))
+            elif onset <= times[0] and rng.random() < 0.2:
+                patients.at[pi, col] = times[0] - pd.Timedelta(hours=float(rng.uniform(3, 48)))
+        a, b = (patients.at[pi, _ONSET_COLUMN[c]] for c in
+                ("anterior myocardial infarction", "inferior myocardial infarction"))
+        if pd.notna(a) and pd.notna(b):  # one infarction event when both walls are involved
+            patients.at[pi, _ONSET_COLUMN["inferior myocardial infarction"]] = min(a, b)
+            patients.at[pi, _ONSET_COLUMN["anterior myocardial infarction"]] = min(a, b)
+
+
+def _measure_chunk(signals: np.ndarray, sampling_rate: float) -> list[dict[str, float]]:
+    import neurokit2 as nk
+    from scipy.signal import butter, sosfiltfilt
+
+    band = butter(2, [0.5, 40.0], btype="band", fs=sampling_rate, output="sos")
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sig in signals:
+            try:
+                out.append(_measure_one(nk, band, sosfiltfilt, np.asarray(sig, np.float64), sampling_rate))
+            except Exception:
+                out.append(dict.fromkeys(WAVE_ATTRIBUTES, np.nan))
+    return out
+
+
+def _quiet_from(v: np.ndarray, start: int, stop: int, threshold: float, hold: int) -> int:
+    """Walk from ``start`` toward ``stop`` until ``v`` stays below ``threshold`` for ``hold`` samples."""
+    step = 1 if stop > start else -1
+    below = v < threshold
+    k = start
+    while (stop - k) * step > 0:
+        seg = below[k : k + hold] if step > 0 else below[max(k - hold + 1, 0) : k + 1]
+        if len(seg) == hold and seg.all():
+            return k
+        k += step
+    return k
+
+
+def _measure_one(nk, band, sosfiltfilt, sig: np.ndarray, fs: float) -> dict[str, float]:
+    res = dict.fromkeys(WAVE_ATTRIBUTES, np.nan)
+    # R peaks: neurokit2 on the lead with the steepest QRS (lead II unless another is clearly steeper),
+    # each moved to the nearest maximum of the spatial velocity of the eight independent leads
+    x = sosfiltfilt(band, sig[[0, 1, 6, 7, 8, 9, 10, 11]], axis=-1)
+    slope = np.abs(np.diff(sosfiltfilt(band, sig, axis=-1), axis=-1))
+    steepness = np.percentile(slope, 99.5, axis=1)
+    lead = 1 if steepness[1] >= 0.6 * steepness.max() else int(np.argmax(steepness))
+    cleaned = nk.ecg_clean(sig[lead], sampling_rate=fs)
+    _, info = nk.ecg_peaks(cleaned, sampling_rate=fs)
+    r = np.asarray(info["ECG_R_Peaks"], dtype=np.int64)
+    velocity = np.convolve(np.sqrt((np.diff(x, axis=1) ** 2).sum(0)), np.ones(5) / 5, mode="same")
+    half = int(0.06 * fs)
+    r = np.unique([max(k - half, 0) + int(np.argmax(velocity[max(k - half, 0) : k + half])) for k in r])
+    if len(r) < 3:
+        return res
+    rr = np.diff(r) / fs
+    res["heart_rate"] = 60.0 / rr.mean()
+    res["rr_irregularity"] = float(np.sqrt(np.mean(np.diff(rr) ** 2)) / rr.mean())
+
+    # median beat of the 8 independent leads (I, II, V1-V6), aligned on the R peaks
+    pre, post = int(0.5 * fs), int(0.7 * fs)
+    centres = r[(r >= pre) & (r < x.shape[1] - post)]
+    if len(centres) < 2:
+        return res
+    med = np.median(np.stack([x[:, k - pre : k + post] for k in centres]), axis=0)
+    c, hold, rr_n = pre, max(int(0.016 * fs), 2), int(np.median(np.diff(r)))
+
+    # QRS: spatial velocity above 12 % of its peak, ended by 16 ms of quiet on either side
+    v = np.sqrt((np.diff(med, axis=1) ** 2).sum(0))
+    v = np.convolve(v, np.ones(5) / 5, mode="same")
+    lo = c - int(0.08 * fs)
+    peak = lo + int(np.argmax(v[lo : c + int(0.08 * fs)]))
+    floor = np.percentile(v, 10)
+    thr = floor + 0.12 * (v[peak] - floor)
+    on = _quiet_from(v, peak, c - int(0.25 * fs), thr, hold)
+    off = _quiet_from(v, peak, c + int(0.25 * fs), thr, hold)
+    res["qrs_duration"] = (off - on) / fs * 1000.0
+
+    # T end: spatial magnitude (PR-segment baseline) falls below 12 % of the T peak, before the next P
+    base = med[:, max(on - int(0.02 * fs), 0) : max(on - int(0.004 * fs), 1)].mean(1, keepdims=True)
+    mag = np.sqrt(((med - base) ** 2).sum(0))
+    t_lo, t_hi = off + int(0.06 * fs), min(len(mag) - 1, off + int(0.6 * fs), c + int(0.75 * rr_n))
+    if t_hi - t_lo > 5:
+        t_peak = t_lo + int(np.argmax(mag[t_lo:t_hi]))
+        t_end = t_peak + int(np.argmax(np.append(mag[t_peak:t_hi] < 0.12 * mag[t_peak], True)))
+        res["qt_interval"] = (t_end - on) / fs * 1000.0
+        res["qtc"] = res["qt_interval"] / np.sqrt(rr.mean())
+    else:
+        t_end = off + int(0.3 * fs)
+
+    # P onset: lead II deflection in the 40-360 ms before the QRS (after the previous T) falls below 20 %
+    p_lo = max(on - int(0.36 * fs), 0, t_end - rr_n + int(0.02 * fs))
+    p_hi = on - int(0.04 * fs)
+    if p_hi - p_lo > 10:
+        p_dev = np.abs(med[1] - base[1])
+        p_peak = p_lo + int(np.argmax(p_dev[p_lo:p_hi]))
+        p_on = p_peak
+        while p_on > p_lo and p_dev[p_on] > 0.2 * p_dev[p_peak]:
+            p_on -= 1
+        res["pr_interval"] = (on - p_on) / fs * 1000.0
+
+    # frontal axis: baseline-corrected QRS areas in I and aVF (= II - I / 2)
+    area = (med[:2, on : off + 1] - base[:2]).sum(1)
+    res["qrs_axis"] = float(np.degrees(np.arctan2(area[1] - 0.5 * area[0], area[0])))
+    return res
+
+
+def measure_wave_attributes(
+    signals: np.ndarray,
+    sampling_rate: int = SAMPLING_RATE,
+    num_proc: int = 1,
+    progress: bool = True,
+    chunk_size: int = 16,
+) -> pd.DataFrame:
+    """Measure :data:`WAVE_ATTRIBUTES` of 12-lead ECGs (N, 12, T) by delineation, one row per ECG.
+
+    R peaks come from neurokit2 (``ecg_clean`` + ``ecg_peaks``) on lead II (or on the lead with the steepest
+    QRS when lead II's is much flatter), each moved to the nearest maximum of the spatial velocity; heart
+    rate and RR irregularity (RMSSD / mean RR) follow from them. Boundaries are delineated on the median
+    beat of the eight independent leads (band-passed 0.5-40 Hz), as multi-lead measurement programs do:
+    QRS onset / offset where the spatial velocity stays below 12 % of its peak, T end where the spatial
+    magnitude falls below 12 % of the T peak, P onset where the lead-II P deflection falls below 20 % of its
+    peak. QTc is Bazett's; the frontal axis is atan2 of the QRS areas in aVF and I. Values are NaN where
+    delineation fails (PR is measured, not NaN, without P waves: it then reflects whatever atrial activity
+    precedes the QRS).
+    ``num_proc`` > 1 spreads chunks of ``chunk_size`` ECGs over processes.
+    """
+    from tqdm.auto import tqdm
+
+    signals = np.asarray(signals)
+    n = len(signals)
+    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    results: list[list[dict[str, float]]] = [[] for _ in chunks]
+    bar = tqdm(total=n, desc="delineating ECGs", unit="ecg", disable=not progress)
+    if num_proc <= 1 or len(chunks) <= 1:
+        for k, (a, b) in enumerate(chunks):
+            results[k] = _measure_chunk(signals[a:b], float(sampling_rate))
+            bar.update(b - a)
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=num_proc) as pool:
+            futures = {
+                pool.submit(_measure_chunk, signals[a:b], float(sampling_rate)): (k, b - a)
+                for k, (a, b) in enumerate(chunks)
+            }
+            for fut in as_completed(futures):
+                k, size = futures[fut]
+                results[k] = fut.result()
+                bar.update(size)
+    bar.close()
+    rows = [r for chunk in results for r in chunk]
+    return pd.DataFrame(rows, columns=list(WAVE_ATTRIBUTES)).astype(float)
+
+
+def _imaging_studies(
+    ecgs: pd.DataFrame,
+    latent: pd.DataFrame,
+    rng: np.random.Generator,
+    render: bool,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    rows = []
+    lab = latent.set_index("ecg_id")
+    for e in ecgs.itertuples(index=False):
+        labels = set(e.labels)
+        ant = "anterior myocardial infarction" in labels
+        inf = "inferior myocardial infarction" in labels
+        lv = lab.loc[e.ecg_id]
+        base = {"patient_id": e.patient_id, "ecg_id": e.ecg_id, "time": e.acquisition_time}
+        if e.has_echo:
+            rows.append({**base, "modality": "echo", "lvef": lv.lvef, "ivs_thickness": lv.ivs_thickness,
+                         "anterior_akinesis": ant, "inferior_akinesis": inf,
+                         "report": echo_report(lv.lvef, lv.ivs_thickness, ant, inf, rng)})
+        if e.has_angiogram:
+            sten = np.where(rng.random(3) < 0.4, rng.uniform(0.0, 0.5, 3), rng.uniform(0.0, 0.25, 3))
+            culprit = {"anterior": [0], "inferior": [2]}
+            severe = (0.9, 1.0) if e.mi_stage == "acute" else (0.7, 0.92)
+            for site, on in (("anterior", ant), ("inferior", inf)):
+                if on:
+                    sten[culprit[site]] = rng.uniform(*severe)
+            stenosis = {f"stenosis_{a}": s for a, s in zip(CORONARY_ARTERIES, sten)}
+            rows.append({**base, "modality": "angiogram", **stenosis, "report": angiogram_report(sten, rng)})
+        if e.has_chest_xray:
+            lvh = "left ventricular hypertrophy" in labels
+            ctr = 0.44 + 0.0045 * max(0.0, 55 - lv.lvef) + 0.05 * lvh + 0.001 * (e.age - 60) + rng.normal(0, 0.02)
+            ctr = float(np.clip(ctr, 0.36, 0.72))
+            eff = bool(lv.lvef < 35 and rng.random() < 0.6)
+            rows.append({**base, "modality": "chest_xray", "cardiothoracic_ratio": ctr, "effusion": eff,
+                         "report": chest_xray_report(ctr, eff, rng)})
+    cols = ["study_id", "patient_id", "ecg_id", "modality", "time", "report", "lvef", "ivs_thickness",
+            "anterior_akinesis", "inferior_akinesis", "cardiothoracic_ratio", "effusion"]
+    cols += [f"stenosis_{a}" for a in CORONARY_ARTERIES]
+    studies = pd.DataFrame(rows).reindex(columns=cols)
+    studies["study_id"] = [f"S{i:07d}" for i in range(len(studies))]
+    arrays: dict[str, np.ndarray] = {}
+    if render:
+        echo = studies[studies["modality"] == "echo"]
+        arrays["echo"] = render_echo(
+            echo["lvef"].to_numpy(float), echo["ivs_thickness"].to_numpy(float), rng,
+            echo["anterior_akinesis"].to_numpy(bool), echo["inferior_akinesis"].to_numpy(bool),
+        ) if len(echo) else np.zeros((0, *ECHO_SHAPE), np.uint8)
+        angio = studies[studies["modality"] == "angiogram"]
+        arrays["angiogram"] = render_angiogram(
+            angio[[f"stenosis_{a}" for a in CORONARY_ARTERIES]].to_numpy(float), rng
+        ) if len(angio) else np.zeros((0, *ANGIOGRAM_SHAPE), np.uint8)
+        cxr = studies[studies["modality"] == "chest_xray"]
+        arrays["chest_xray"] = render_chest_xray(
+            cxr["cardiothoracic_ratio"].to_numpy(float), rng, cxr["effusion"].to_numpy(bool)
+        ) if len(cxr) else np.zeros((0, *CHEST_XRAY_SHAPE), np.uint8)
+    return studies, arrays
+
+
+def generate_cohort(
+    n_patients: int = 200,
+    seed: int = 0,
+    ecgs_per_patient: tuple[int, int] = (1, 4),
+    imaging: bool = False,
+    measure: bool = False,
+    num_proc: int = 1,
+    incomplete_report_fraction: float = 0.1,
+    progress: bool = False,
+) -> SyntheticCohort:
+    """Generate a synthetic cohort of ``n_patients`` patients, deterministic in ``seed``.
+
+    ``ecgs_per_patient`` = (min, max) ECGs per patient; ``imaging`` renders echo / angiogram / chest X-ray
+    arrays for the studies done; ``measure`` delineates every ECG (slow; ``num_proc`` processes) to fill
+    the ``measured_*`` attributes (NaN otherwise); ``incomplete_report_fraction`` of multi-label ECGs get
+    a report that leaves one label out.
+    """
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
+    rng_pat, rng_enc, rng_state, rng_ecg, rng_lab, rng_rep, rng_img, rng_ehr = streams
+
+    patients = _sample_patients(n_patients, rng_pat, ecgs_per_patient)
+    encounters, ecg_enc = _schedule(patients, rng_enc)
+    _place_acute_infarctions(patients, encounters, ecg_enc, rng_enc)
+    states = _ecg_states(patients, encounters, ecg_enc, rng_state)
+
+    pi = states["patient_index"].to_numpy()
+    ei = states["encounter_index"].to_numpy()
+    pat = patients.iloc[pi].reset_index(drop=True)
+    times = encounters["time"].to_numpy()[ei]
+    ecgs = pd.DataFrame(
+        {
+            "ecg_id": [f"E{i:07d}" for i in range(len(states))],
+            "patient_id": pat["patient_id"].to_numpy(),
+            "encounter_id": encounters["encounter_id"].to_numpy()[ei],
+            "acquisition_time": pd.to_datetime(times),
+            "age": ((pd.to_datetime(times) - pat["birth_date"]).dt.days / 365.25).to_numpy(),
+            "sex": pat["sex"].to_numpy(),
+        }
+    )
+    for col in ("labels", "mi_stage", "acute_site", "potassium", "on_statin", "on_diuretic"):
+        ecgs[col] = states[col].to_numpy()
+    for r in RISK_FACTORS:
+        ecgs[r] = pat[r].to_numpy()
+    ecgs["lvef_offset"] = pat["lvef_offset"].to_numpy()
+    ecgs["rhythm"] = [next(c for c in labs if c in RHYTHMS) for labs in ecgs["labels"]]
+    ecgs["scp_codes"] = [[SCP_CODES[c] for c in labs] for labs in ecgs["labels"]]
+
+    # waveforms
+    traits = {k[len("trait_"):]: pat[k].to_numpy() for k in pat.columns if k.startswith("trait_")}
+    mi_phase = np.where(ecgs["mi_stage"].to_numpy() == "acute", 1, 2)
+    params = sample_ecg_parameters(
+        list(ecgs["labels"]), rng_ecg, age=ecgs["age"].to_numpy(), sex=ecgs["sex"].to_numpy(),
+        traits=traits, mi_phase=mi_phase,
+    )
+    waveforms, truth = render_ecgs(params, sampling_rate=SAMPLING_RATE, duration=DURATION, progress=progress)
+    for a in WAVE_ATTRIBUTES:
+        ecgs[f"true_{a}"] = truth[a].to_numpy()
+    ecgs["n_pvc"] = truth["n_pvc"].to_numpy()
+    ecgs["seed"] = params.seed
+
+    # tests done at the ECG encounter, labs, imaging studies
+    n = len(ecgs)
+    latent = generate_labs(ecgs, rng_lab)
+    low_ef = latent["lvef"].to_numpy() < 40
+    acute = ecgs["mi_stage"].to_numpy() == "acute"
+    lbbb = np.array(["left bundle branch block" in labs for labs in ecgs["labels"]])
+    has_mi = ecgs["mi_stage"].to_numpy() != ""
+    ecgs["has_echo"] = rng_lab.random(n) < 0.4 + 0.45 * (acute | low_ef | lbbb)
+    ecgs["has_angiogram"] = rng_lab.random(n) < np.where(acute, 0.9, np.where(has_mi, 0.15, 0.03))
+    ecgs["has_chest_xray"] = rng_lab.random(n) < 0.35 + 0.35 * (acute | low_ef)
+    measured = lab_tests_measured(ecgs, ecgs["has_echo"].to_numpy(), rng_lab)
+    labs = observed_labs(latent, measured)
+    imaging_table, imaging_arrays = _imaging_studies(ecgs, latent, rng_img, render=imaging)
+
+    # heart failure: diagnosed at the first ECG with LVEF < 40 %
+    hf_time = (
+        pd.Series(ecgs["acquisition_time"].where(latent["lvef"].to_numpy() < 40))
+        .groupby(ecgs["patient_id"]).min()
+    )
+    patients["onset_heart_failure"] = patients["patient_id"].map(hf_time)
+
+    # reports
+    attrs = ecgs[[f"true_{a}" for a in WAVE_ATTRIBUTES]].rename(columns=lambda c: c[len("true_"):])
+    reports, mentioned = write_ecg_reports(
+        list(ecgs["labels"]),
+        rng_rep,
+        attributes=attrs.to_dict(orient="records"),
+        mi_phases=mi_phase,
+        flutter_conduction=params.conduction,
+        incomplete_fraction=incomplete_report_fraction,
+    )
+    ecgs["report"] = reports
+    ecgs["report_labels"] = mentioned
+    ecgs["report_complete"] = [len(m) == len(labs) for m, labs in zip(mentioned, ecgs["labels"])]
+
+    # EHR timelines
+    encounters = _encounter_states(patients, encounters, ecgs, labs)
+    ehr_events = generate_ehr_events(encounters, patients.set_index("patient_id", drop=False), rng_ehr)
+
+    measured_attrs = (
+        measure_wave_attributes(waveforms, SAMPLING_RATE, num_proc=num_proc, progress=progress)
+        if measure
+        else pd.DataFrame(np.nan, index=range(n), columns=list(WAVE_ATTRIBUTES))
+    )
+    for a in WAVE_ATTRIBUTES:
+        ecgs[f"measured_{a}"] = measured_attrs[a].to_numpy()
+
+    keep = ["ecg_id", "patient_id", "encounter_id", "acquisition_time", "age", "sex", "rhythm", "labels",
+            "scp_codes", "mi_stage", "report", "report_labels", "report_complete"]
+    keep += [f"true_{a}" for a in WAVE_ATTRIBUTES] + [f"measured_{a}" for a in WAVE_ATTRIBUTES]
+    keep += ["n_pvc", "has_echo", "has_angiogram", "has_chest_xray", "seed"]
+    enc_cols = ["encounter_id", "patient_id", "time", "setting", "has_ecg"]
+    return SyntheticCohort(
+        patients=patients,
+        encounters=encounters[enc_cols].copy(),
+        ecgs=ecgs[keep].copy(),
+        waveforms=waveforms,
+        ehr_events=ehr_events,
+        labs=labs,
+        imaging=imaging_table,
+        parameters=params,
+        imaging_arrays=imaging_arrays,
+        sampling_rate=SAMPLING_RATE,
+        seed=seed,
+    )
+
+
+def _encounter_states(
+    patients: pd.DataFrame, encounters: pd.DataFrame, ecgs: pd.DataFrame, labs: pd.DataFrame
+) -> pd.DataFrame:
+    """Add what :func:`generate_ehr_events` needs per encounter: setting, active / new conditions, tests."""
+    enc = encounters.copy()
+    by_enc = ecgs.set_index("encounter_id")
+    lab_by_ecg = labs.set_index("ecg_id")
+    pat = patients.set_index("patient_id")
+    onset_cols = {c: _ONSET_COLUMN[c] for c in _CHRONIC}
+    settings, actives, news, ecg_labels, acute_sites, tests, potassium = [], [], [], [], [], [], []
+    previous: dict[str, set[str]] = {}
+    enc = enc.sort_values(["patient_id", "time"], kind="stable").reset_index(drop=True)
+    for e in enc.itertuples(index=False):
+        p = pat.loc[e.patient_id]
+        t = e.time
+        active = {r for r in RISK_FACTORS if p[r]}
+        for c, col in onset_cols.items():
+            if pd.notna(p[col]) and p[col] <= t:
+                active.add(c)
+        if {"anterior myocardial infarction", "inferior myocardial infarction"} & active:
+            active -= {"anterior myocardial infarction", "inferior myocardial infarction"}
+            active.add("myocardial infarction")
+        if pd.notna(p["onset_heart_failure"]) and p["onset_heart_failure"] <= t:
+            active.add("heart failure")
+        new = active - previous.get(e.patient_id, set())
+        previous[e.patient_id] = active
+        if e.has_ecg:
+            row = by_enc.loc[e.encounter_id]
+            labels = list(row["labels"])
+            site = row["acute_site"]
+            done = {"ecg"} | {m for m, f in (("echo", row["has_echo"]), ("angiogram", row["has_angiogram"]),
+                                             ("chest_xray", row["has_chest_xray"])) if f}
+            lab_row = lab_by_ecg.loc[row["ecg_id"]]
+            done |= {name for name in LAB_UNITS if np.isfinite(lab_row[name])}
+            k = float(lab_row["potassium"])
+            setting = "inpatient" if site else ("emergency" if "atrial fibrillation" in new else "outpatient")
+        else:
+            labels, site, done, k, setting = [], "", set(), np.nan, "outpatient"
+        settings.append(setting)
+        actives.append(active)
+        news.append(new)
+        ecg_labels.append(labels)
+        acute_sites.append(site)
+        tests.append(done)
+        potassium.append(k)
+    enc["setting"] = settings
+    enc["active"] = actives
+    enc["new"] = news
+    enc["ecg_labels"] = ecg_labels
+    enc["acute_mi"] = acute_sites
+    enc["tests"] = tests
+    enc["potassium"] = potassium
+    return enc
+
+
+def write_wfdb(cohort: SyntheticCohort, out_dir: str | os.PathLike, progress: bool = False) -> Path:
+    """Write every ECG as a WFDB record (``records/<ecg_id>.hea/.dat``, 16-bit, 1 uV per unit, mV) plus
+    the cohort tables as CSV (``ecgs.csv``, ``patients.csv``, ``encounters.csv``, ``ehr_events.csv``,
+    ``labs.csv``, ``imaging.csv``) and ``cohort.json``. Returns ``out_dir``."""
+    import wfdb
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    rec_dir = out / "records"
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    gain = 1000.0
+    digital = np.clip(np.rint(cohort.waveforms * gain), -32767, 32767).astype(np.int16)
+    rows = cohort.ecgs
+    for i in tqdm(range(len(rows)), desc="writing WFDB", unit="record", disable=not progress):
+        e = rows.iloc[i]
+        wfdb.wrsamp(
+            record_name=str(e["ecg_id"]),
+            fs=cohort.sampling_rate,
+            units=["mV"] * len(STANDARD_LEAD_ORDER),
+            sig_name=list(STANDARD_LEAD_ORDER),
+            d_signal=np.ascontiguousarray(digital[i].T),
+            fmt=["16"] * len(STANDARD_LEAD_ORDER),
+            adc_gain=[gain] * len(STANDARD_LEAD_ORDER),
+            baseline=[0] * len(STANDARD_LEAD_ORDER),
+            comments=[
+                f"Age: {e['age']:.0f}",
+                f"Sex: {e['sex']}",
+                f"Dx: {','.join(e['scp_codes'])}",
+                f"Patient: {e['patient_id']}",
+            ],
+            write_dir=str(rec_dir),
+        )
+    (out / "RECORDS").write_text("".join(f"records/{i}\n" for i in rows["ecg_id"]))
+    table = rows.copy()
+    for col in ("labels", "scp_codes", "report_labels"):
+        table[col] = table[col].map(lambda v: ";".join(v))
+    table.to_csv(out / "ecgs.csv", index=False)
+    cohort.patients.to_csv(out / "patients.csv", index=False)
+    cohort.encounters.to_csv(out / "encounters.csv", index=False)
+    cohort.ehr_events.to_csv(out / "ehr_events.csv", index=False)
+    cohort.labs.to_csv(out / "labs.csv", index=False)
+    cohort.imaging.to_csv(out / "imaging.csv", index=False)
+    meta = {
+        "seed": cohort.seed,
+        "sampling_rate": cohort.sampling_rate,
+        "lead_names": list(STANDARD_LEAD_ORDER),
+        "conditions": list(SYNTHETIC_CONDITIONS),
+        "scp_codes": SCP_CODES,
+        "wave_attributes": WAVE_ATTRIBUTES,
+        "lab_units": LAB_UNITS,
+        "code_systems": CODE_SYSTEMS,
+    }
+    (out / "cohort.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def synthetic_dataset_info(cohort: SyntheticCohort) -> ECGDatasetInfo:
+    """The :class:`ECGDatasetInfo` of a cohort's dataset (tasks ``conditions`` and ``rhythm``)."""
+    return ECGDatasetInfo(
+        name="cardiomm-synthetic",
+        sampling_rate=cohort.sampling_rate,
+        num_samples=int(cohort.waveforms.shape[-1]),
+        lead_names=list(STANDARD_LEAD_ORDER),
+        tasks={"conditions": list(SYNTHETIC_CONDITIONS), "rhythm": list(RHYTHMS)},
+        description=(
+            "Synthetic cardiology cohort generated by cardiomm: 12-lead ECGs from a dipole (VCG) model projected "
+            "with the Dower transform, reports, structured-EHR timelines, labs"
+            + (" and toy imaging" if cohort.imaging_arrays else "")
+            + "."
+        ),
+        license="CC0-1.0",
+        extra={
+            "seed": cohort.seed,
+            "n_patients": int(cohort.patients.shape[0]),
+            "scp_codes": SCP_CODES,
+            "wave_attributes": WAVE_ATTRIBUTES,
+            "lab_units": LAB_UNITS,
+            "code_systems": CODE_SYSTEMS,
+        },
+    )
+
+
+def _dataset_features(info: ECGDatasetInfo, include_ehr: bool, include_imaging: bool):
+    from datasets import Array2D, Array3D, Sequence, Value
+
+    extra: dict[str, Any] = {
+        "encounter_id": Value("string"),
+        "acquisition_time": Value("timestamp[ms]"),
+        "rhythm": Value("string"),
+        "scp_codes": Sequence(Value("string")),
+        "mi_stage": Value("string"),
+        "report_labels": Sequence(Value("string")),
+        "report_complete": Value("bool"),
+    }
+    for a in WAVE_ATTRIBUTES:
+        extra[f"true_{a}"] = Value("float32")
+    for a in WAVE_ATTRIBUTES:
+        extra[f"measured_{a}"] = Value("float32")
+    for name in LAB_UNITS:
+        extra[name] = Value("float32")
+    extra["has_echo"] = Value("bool")
+    extra["has_angiogram"] = Value("bool")
+    extra["has_chest_xray"] = Value("bool")
+    if include_ehr:
+        extra["ehr_events"] = [
+            {
+                "time": Value("timestamp[ms]"),
+                "days_before_ecg": Value("int32"),
+                "event_type": Value("string"),
+                "code_system": Value("string"),
+                "code": Value("string"),
+                "description": Value("string"),
+            }
+        ]
+    if include_imaging:
+        extra["echo"] = Array3D(shape=ECHO_SHAPE, dtype="uint8")
+        extra["echo_report"] = Value("string")
+        extra["angiogram"] = Array3D(shape=ANGIOGRAM_SHAPE, dtype="uint8")
+        extra["angiogram_report"] = Value("string")
+        extra["chest_xray"] = Array2D(shape=CHEST_XRAY_SHAPE, dtype="uint8")
+        extra["chest_xray_report"] = Value("string")
+    return ecg_features(info, extra)
+
+
+def build_dataset(
+    cohort: SyntheticCohort,
+    fractions: dict[str, float] | None = None,
+    split_seed: int = 0,
+    include_ehr: bool = True,
+    include_imaging: bool | None = None,
+    rows_per_chunk: int = 256,
+) -> DatasetDict:
+    """The cohort as a ``datasets.DatasetDict`` in the shared schema, split by patient.
+
+    Columns: the shared ones (``ecg_id, patient_id, ecg, lead_mask, age, sex, report, labels_conditions,
+    labels_rhythm``) plus ``encounter_id, acquisition_time, rhythm, scp_codes, mi_stage, report_labels,
+    report_complete``, ``true_<attribute>`` / ``measured_<attribute>`` for :data:`WAVE_ATTRIBUTES`, the
+    labs of :data:`LAB_UNITS`, ``has_echo / has_angiogram / has_chest_xray``, ``ehr_events`` (the patient's
+    coded events up to the ECG: list of structs ``time, days_before_ecg, event_type, code_system, code,
+    description``) and, with imaging, ``echo``, ``angiogram`` (frames, 64, 64) and ``chest_xray`` (128, 128)
+    uint8 arrays (None where not done) with their reports. Splits come from :func:`patient_level_split`.
+    """
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    if include_imaging is None:
+        include_imaging = bool(cohort.imaging_arrays)
+    if include_imaging and not cohort.imaging_arrays:
+        raise ValueError("the cohort has no imaging arrays; generate it with imaging=True")
+    info = synthetic_dataset_info(cohort)
+    features = _dataset_features(info, include_ehr, include_imaging)
+    e = cohort.ecgs.reset_index(drop=True)
+    labs = cohort.labs.set_index("ecg_id").loc[e["ecg_id"]].reset_index()
+    y_cond = multi_hot(list(e["labels"]), list(SYNTHETIC_CONDITIONS))
+    y_rhythm = multi_hot([[r] for r in e["rhythm"]], list(RHYTHMS))
+    events = (
+        events_before(cohort.ehr_events, list(e["patient_id"]), list(e["acquisition_time"])) if include_ehr else None
+    )
+    image_of: dict[str, dict[str, tuple[int, str]]] = {}
+    if include_imaging:
+        for modality in ("echo", "angiogram", "chest_xray"):
+            studies = cohort.imaging[cohort.imaging["modality"] == modality].reset_index(drop=True)
+            pairs = enumerate(zip(studies["ecg_id"], studies["report"]))
+            image_of[modality] = {ecg_id: (k, report) for k, (ecg_id, report) in pairs}
+
+    def rows(index: np.ndarray) -> dict[str, list]:
+        cols: dict[str, list] = {
+            "ecg_id": e["ecg_id"].iloc[index].tolist(),
+            "patient_id": e["patient_id"].iloc[index].tolist(),
+            "ecg": [cohort.waveforms[i] for i in index],
+            "lead_mask": [[True] * len(STANDARD_LEAD_ORDER)] * len(index),
+            "age": e["age"].iloc[index].astype(np.float32).tolist(),
+            "sex": e["sex"].iloc[index].tolist(),
+            "report": e["report"].iloc[index].tolist(),
+            label_column("conditions"): y_cond[index].tolist(),
+            label_column("rhythm"): y_rhythm[index].tolist(),
+            "encounter_id": e["encounter_id"].iloc[index].tolist(),
+            "acquisition_time": [t.to_pydatetime() for t in e["acquisition_time"].iloc[index]],
+            "rhythm": e["rhythm"].iloc[index].tolist(),
+            "scp_codes": e["scp_codes"].iloc[index].tolist(),
+            "mi_stage": e["mi_stage"].iloc[index].tolist(),
+            "report_labels": e["report_labels"].iloc[index].tolist(),
+            "report_complete": e["report_complete"].iloc[index].tolist(),
+        }
+        for prefix in ("true_", "measured_"):
+            for a in WAVE_ATTRIBUTES:
+                cols[prefix + a] = e[prefix + a].iloc[index].tolist()
+        for name in LAB_UNITS:
+            cols[name] = labs[name].iloc[index].tolist()
+        for flag in ("has_echo", "has_angiogram", "has_chest_xray"):
+            cols[flag] = e[flag].iloc[index].astype(bool).tolist()
+        if events is not None:
+            cols["ehr_events"] = [events[i] for i in index]
+        if include_imaging:
+            for modality in ("echo", "angiogram", "chest_xray"):
+                arrays, reports = [], []
+                for i in index:
+                    hit = image_of[modality].get(e["ecg_id"].iat[i])
+                    arrays.append(None if hit is None else cohort.imaging_arrays[modality][hit[0]])
+                    reports.append("" if hit is None else hit[1])
+                cols[modality] = arrays
+                cols[f"{modality}_report"] = reports
+        return cols
+
+    splits = patient_level_split(e["patient_id"].to_numpy(), fractions or DEFAULT_SPLIT_FRACTIONS, seed=split_seed)
+    out = {}
+    for name, index in splits.items():
+        parts = [
+            Dataset.from_dict(rows(index[s : s + rows_per_chunk]), features=features)
+            for s in range(0, len(index), rows_per_chunk)
+        ]
+        out[name] = concatenate_datasets(parts) if parts else Dataset.from_dict(rows(index), features=features)
+    return DatasetDict(out)
+
+
+def save_synthetic_dataset(cohort: SyntheticCohort, out_dir: str | os.PathLike, **build_kwargs: Any) -> Path:
+    """Build the cohort's dataset (:func:`build_dataset` keyword arguments) and save it with
+    :func:`save_ecg_dataset` (Parquet splits + ``cardiomm_dataset.json``). Returns ``out_dir``."""
+    dataset = build_dataset(cohort, **build_kwargs)
+    return save_ecg_dataset(dataset, out_dir, synthetic_dataset_info(cohort))
+
+
+def synthesize(
+    n_patients: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    ecgs_per_patient: tuple[int, int] = (1, 4),
+    imaging: bool = False,
+    measure: bool = False,
+    num_proc: int = 1,
+    write_wfdb_files: bool = True,
+    include_ehr: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Generate a cohort and save it as a cardiomm dataset folder (the ``cardiomm data synth`` command).
+
+    Writes Parquet splits + ``cardiomm_dataset.json`` under ``out_dir`` (:func:`save_ecg_dataset` layout)
+    and, with ``write_wfdb_files``, the WFDB records and CSV tables under ``out_dir/wfdb``
+    (:func:`write_wfdb`). ``measure`` delineates every ECG with ``num_proc`` processes. Returns ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    steps = tqdm(total=3 + int(write_wfdb_files), desc="synthetic cohort", unit="step", disable=not progress)
+    steps.set_postfix_str("generating")
+    cohort = generate_cohort(
+        n_patients=n_patients, seed=seed, ecgs_per_patient=ecgs_per_patient, imaging=imaging,
+        measure=measure, num_proc=num_proc, progress=progress,
+    )
+    steps.update()
+    steps.set_postfix_str("building dataset")
+    dataset = build_dataset(cohort, include_ehr=include_ehr)
+    steps.update()
+    steps.set_postfix_str("saving")
+    out = save_ecg_dataset(dataset, out_dir, synthetic_dataset_info(cohort))
+    steps.update()
+    if write_wfdb_files:
+        steps.set_postfix_str("writing WFDB")
+        write_wfdb(cohort, out / "wfdb", progress=progress)
+        steps.update()
+    steps.close()
+    return out
