@@ -1,0 +1,236 @@
+"""Contrastive objectives shared by the cardiomm models, distributed-aware.
+
+Every loss gathers the features of all processes (with gradients, through
+:func:`torch.distributed.nn.functional.all_gather`) and compares the *local* rows with the *global* batch, as
+open_clip does with ``local_loss=True``. On process ``r`` of ``W`` with a local batch of ``B`` the loss value is
+the loss of the local anchors only; its mean over processes equals the loss of one process on the concatenated
+batch, and after the data-parallel gradient average (DDP, DeepSpeed) the parameter gradients equal those of that
+single process. All processes must hold batches of the same size (``drop_last`` in training). Outside
+``torch.distributed`` (or with one process) every function is the plain single-batch loss.
+
+References: CLIP (Radford et al. 2021); ConVIRT (Zhang et al. 2020), as used for ECG–sEHR and ECG–text by
+Lalam et al.; MERL uni-modal alignment (Liu et al. 2024); multi-positive contrastive loss for "good views" of
+ECGs (Jeong et al.) and SupCon (Khosla et al. 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "gather_features",
+    "clip_loss",
+    "convirt_loss",
+    "unimodal_alignment_loss",
+    "multi_positive_contrastive_loss",
+]
+
+# labels of the local anchors in the gathered batch, keyed by (device, local batch size, rank) as in open_clip
+_LABELS_CACHE: dict[tuple[str, int, int], Tensor] = {}
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` outside ``torch.distributed``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_features(features: Tensor) -> Tensor:
+    """All-gather ``features`` (``(B, ...)``) from every process into ``(world_size * B, ...)``, keeping gradients.
+
+    The result is ordered by rank, so the local features sit at rows ``rank * B:(rank + 1) * B``. The backward
+    pass sums the gradients of every process into the local slice. Identity without ``torch.distributed`` or
+    with a single process.
+    """
+    _, world_size = _world()
+    if world_size == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features), dim=0)
+
+
+def _local_labels(batch_size: int, device: torch.device, rank: int) -> Tensor:
+    key = (str(device), batch_size, rank)
+    labels = _LABELS_CACHE.get(key)
+    if labels is None:
+        labels = torch.arange(batch_size, device=device) + rank * batch_size
+        if len(_LABELS_CACHE) > 64:
+            _LABELS_CACHE.clear()
+        _LABELS_CACHE[key] = labels
+    return labels
+
+
+def _paired_logits(a: Tensor, b: Tensor, scale: Tensor | float, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits of local ``a`` rows against all ``b`` and of local ``b`` rows against all ``a``, with labels."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"paired features need the same batch size, got {a.shape[0]} and {b.shape[0]}")
+    a = F.normalize(a, dim=-1)
+    b = F.normalize(b, dim=-1)
+    rank, world_size = _world() if gather else (0, 1)
+    all_a = gather_features(a) if world_size > 1 else a
+    all_b = gather_features(b) if world_size > 1 else b
+    logits_a_to_b = scale * a @ all_b.T
+    logits_b_to_a = scale * b @ all_a.T
+    return logits_a_to_b, logits_b_to_a, _local_labels(a.shape[0], a.device, rank)
+
+
+def clip_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float, gather: bool = True) -> Tensor:
+    """Symmetric InfoNCE (CLIP) loss between paired features ``a`` and ``b`` of shape ``(B, D)``.
+
+    Args:
+        a, b: paired embeddings; row ``i`` of ``a`` and row ``i`` of ``b`` are the positive pair. They are
+            L2-normalised here.
+        logit_scale: the multiplier of the cosine similarities, i.e. ``1 / temperature``; pass
+            ``model.logit_scale.exp()`` for a learnable CLIP temperature.
+        gather: use the negatives of every process when running distributed.
+
+    Returns:
+        ``(CE(a→b) + CE(b→a)) / 2``, averaged over the local anchors.
+    """
+    logits_a_to_b, logits_b_to_a, labels = _paired_logits(a, b, logit_scale, gather)
+    return 0.5 * (F.cross_entropy(logits_a_to_b, labels) + F.cross_entropy(logits_b_to_a, labels))
+
+
+def convirt_loss(a: Tensor, b: Tensor, temperature: float = 0.1, lambda_: float = 0.75, gather: bool = True) -> Tensor:
+    """ConVIRT bidirectional contrastive loss ``λ·ℓ(a→b) + (1−λ)·ℓ(b→a)``.
+
+    ``ℓ(a→b)`` takes each ``a_i`` as anchor and classifies its partner ``b_i`` among all ``b`` (softmax over the
+    candidates ``b_k``); ``ℓ(b→a)`` is the reverse. This is Eq. (1)–(2) of Lalam et al. with ``a`` the ECG
+    embedding and ``b`` the sEHR (or text) embedding; that paper sets ``λ = 0.5`` and ``τ = 0.1``, ConVIRT's
+    default for image→text is ``λ = 0.75``.
+
+    Args:
+        a, b: paired embeddings ``(B, D)``, L2-normalised here.
+        temperature: ``τ`` dividing the cosine similarities.
+        lambda_: weight ``λ ∈ [0, 1]`` of the ``a→b`` direction.
+        gather: use the negatives of every process when running distributed.
+    """
+    if not 0.0 <= lambda_ <= 1.0:
+        raise ValueError(f"lambda_ must lie in [0, 1], got {lambda_}")
+    logits_a_to_b, logits_b_to_a, labels = _paired_logits(a, b, 1.0 / temperature, gather)
+    return lambda_ * F.cross_entropy(logits_a_to_b, labels) + (1.0 - lambda_) * F.cross_entropy(logits_b_to_a, labels)
+
+
+def unimodal_alignment_loss(
+    latent: Tensor,
+    dropout_p: float = 0.1,
+    logit_scale: Tensor | float | None = None,
+    temperature: float = 0.07,
+    projector: Callable[[Tensor], Tensor] | None = None,
+    training: bool = True,
+    gather: bool = True,
+) -> Tensor:
+    """MERL uni-modal alignment (UMA): two independent dropout views of the ECG latent, contrasted.
+
+    ``z¹ = z ⊙ M¹`` and ``z² = z ⊙ M²`` with independent dropout masks of rate ``dropout_p`` (latent
+    augmentation instead of signal-level augmentation); the two views of the same ECG are the positive pair
+    and every other ECG of the (gathered) batch a negative, scored with :func:`clip_loss`.
+
+    Args:
+        latent: ECG embeddings ``(B, D)``.
+        dropout_p: dropout rate of each view (MERL: 0.1).
+        logit_scale: multiplier of the similarities (e.g. a learnable ``logit_scale.exp()``); when ``None``,
+            ``1 / temperature`` is used.
+        temperature: temperature used when ``logit_scale`` is ``None``.
+        projector: optional module applied to each view after dropout (e.g. the ECG projection head).
+        training: apply dropout (pass ``self.training``); without it both views equal ``latent``.
+        gather: use the negatives of every process when running distributed.
+    """
+    view_1 = F.dropout(latent, p=dropout_p, training=training)
+    view_2 = F.dropout(latent, p=dropout_p, training=training)
+    if projector is not None:
+        view_1, view_2 = projector(view_1), projector(view_2)
+    scale = logit_scale if logit_scale is not None else 1.0 / temperature
+    return clip_loss(view_1, view_2, scale, gather=gather)
+
+
+def multi_positive_contrastive_loss(
+    features: Tensor,
+    positive_mask: Tensor | None = None,
+    temperature: float = 0.07,
+    labels: Tensor | None = None,
+    positive_aggregation: str = "sum",
+    gather: bool = True,
+) -> Tensor:
+    """Contrastive loss with several positives per anchor ("good views" of ECGs, SupCon).
+
+    For anchor ``i`` with positives ``P(i)`` and candidates ``A(i)`` (every other sample of the gathered batch)::
+
+        sum:  -log( Σ_{p∈P(i)} exp(s_ip/τ) / Σ_{k∈A(i)} exp(s_ik/τ) )          (Jeong et al., Eq. 1)
+        mean: -1/|P(i)| Σ_{p∈P(i)} log( exp(s_ip/τ) / Σ_{k∈A(i)} exp(s_ik/τ) )  (SupCon L_out)
+
+    with ``s`` the cosine similarity. Anchors without any positive are left out; the loss is the mean over
+    the anchors that have one (normalised by their global count when distributed, so the mean over processes
+    is the loss of the whole batch).
+
+    Args:
+        features: embeddings ``(B, D)`` of all views in the local batch (L2-normalised here).
+        positive_mask: boolean ``(B, B)`` (``(B, world_size * B)`` when distributed: local anchors against the
+            gathered batch, columns ordered by rank) marking positive pairs; the diagonal (self-pairs) is
+            ignored. Either this or ``labels``.
+        temperature: ``τ``.
+        labels: ``(B,)`` group ids (same patient, rhythm, demographic bucket, ...); samples sharing a label are
+            positives. Gathered across processes, so it works unchanged when distributed.
+        positive_aggregation: ``"sum"`` or ``"mean"`` (see above).
+        gather: use the samples of every process as candidates when running distributed.
+    """
+    if (positive_mask is None) == (labels is None):
+        raise ValueError("pass exactly one of positive_mask and labels")
+    if positive_aggregation not in ("sum", "mean"):
+        raise ValueError(f"positive_aggregation must be 'sum' or 'mean', got {positive_aggregation!r}")
+    rank, world_size = _world() if gather else (0, 1)
+    batch_size = features.shape[0]
+    features = F.normalize(features, dim=-1)
+    all_features = gather_features(features) if world_size > 1 else features
+    num_candidates = all_features.shape[0]
+
+    if labels is not None:
+        if labels.shape != (batch_size,):
+            raise ValueError(f"labels must have shape ({batch_size},), got {tuple(labels.shape)}")
+        all_labels = _gather_no_grad(labels) if world_size > 1 else labels
+        positive_mask = labels[:, None] == all_labels[None, :]
+    elif positive_mask.shape != (batch_size, num_candidates):
+        raise ValueError(
+            f"positive_mask must have shape ({batch_size}, {num_candidates}) (local anchors × gathered batch), "
+            f"got {tuple(positive_mask.shape)}"
+        )
+
+    logits = features @ all_features.T / temperature
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    local_index = torch.arange(batch_size, device=features.device)
+    self_mask[local_index, local_index + rank * batch_size] = True
+    positive_mask = positive_mask.to(torch.bool) & ~self_mask
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_denominator = torch.logsumexp(logits, dim=1)
+
+    has_positive = positive_mask.any(dim=1)
+    if positive_aggregation == "sum":
+        # rows without a positive are dropped below; keep them finite so no NaN reaches the gradient
+        numerator_mask = positive_mask | ~has_positive[:, None]
+        log_numerator = torch.logsumexp(logits.masked_fill(~numerator_mask, float("-inf")), dim=1)
+        per_anchor = log_denominator - log_numerator
+    else:
+        log_prob = logits - log_denominator[:, None]
+        positives_per_anchor = positive_mask.sum(dim=1).clamp(min=1)
+        per_anchor = -(log_prob.masked_fill(~positive_mask, 0.0).sum(dim=1)) / positives_per_anchor
+
+    local_sum = per_anchor.masked_fill(~has_positive, 0.0).sum()
+    count = has_positive.sum().to(features.dtype)
+    if world_size > 1:
+        count = count.detach().clone()
+        torch.distributed.all_reduce(count)
+        count = count / world_size  # mean over processes of the local losses = global sum / global count
+    return local_sum / count.clamp(min=1.0)
+
+
+def _gather_no_grad(tensor: Tensor) -> Tensor:
+    _, world_size = _world()
+    gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
