@@ -1,15 +1,49 @@
-"""Registration of cardiomm classes with the ``transformers`` Auto classes."""
+"""Registration of cardiomm classes with the ``transformers`` Auto classes.
+
+After ``import cardiomm``, ``AutoConfig``/``AutoModel``/``AutoFeatureExtractor``/``AutoProcessor`` resolve
+cardiomm checkpoints to the installed classes (no ``trust_remote_code`` needed). Checkpoints also carry their
+own code and ``auto_map``, so they load with ``trust_remote_code=True`` where cardiomm is not installed.
+"""
 
 from __future__ import annotations
 
-REGISTERED: list[str] = []
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+)
+
+from .modeling.configuration_ecg_encoder import ECGEncoderConfig
+from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
+from .modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
+from .modeling.modeling_ecg_text import ECGTextDualEncoder
+from .processing.feature_extraction_ecg import ECGFeatureExtractor
+from .processing.processing_ecg_text import ECGTextProcessor
+
+#: (model_type, config class) of every cardiomm model.
+CONFIGS = (
+    (ECGEncoderConfig.model_type, ECGEncoderConfig),
+    (ECGTextDualEncoderConfig.model_type, ECGTextDualEncoderConfig),
+)
+#: (Auto class, config class, model class).
+MODELS = (
+    (AutoModel, ECGEncoderConfig, ECGEncoderModel),
+    (AutoModelForSequenceClassification, ECGEncoderConfig, ECGEncoderForSequenceClassification),
+    (AutoModel, ECGTextDualEncoderConfig, ECGTextDualEncoder),
+)
 
 
 def register_all() -> None:
-    """Register every cardiomm config/model/preprocessor with the Auto classes (idempotent)."""
-    if REGISTERED:
-        return
-    REGISTERED.append("done")
+    """Register every cardiomm config, model and preprocessor with the Auto classes (idempotent)."""
+    for model_type, config_class in CONFIGS:
+        AutoConfig.register(model_type, config_class, exist_ok=True)
+    for auto_class, config_class, model_class in MODELS:
+        auto_class.register(config_class, model_class, exist_ok=True)
+    AutoFeatureExtractor.register(ECGEncoderConfig, ECGFeatureExtractor, exist_ok=True)
+    AutoFeatureExtractor.register(ECGTextDualEncoderConfig, ECGFeatureExtractor, exist_ok=True)
+    AutoProcessor.register(ECGTextDualEncoderConfig, ECGTextProcessor, exist_ok=True)
 
 
 register_all()

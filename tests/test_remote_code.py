@@ -1,0 +1,97 @@
+"""Checkpoints load with the Auto classes, with cardiomm installed and in a process where it cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification
+
+import cardiomm  # noqa: F401  (registration)
+from cardiomm.modeling.configuration_ecg_encoder import ECGEncoderConfig
+from cardiomm.modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
+from cardiomm.processing.feature_extraction_ecg import ECGFeatureExtractor
+
+# Runs in a fresh interpreter: any attempt to import cardiomm fails, so only the checkpoint's own code is used.
+_NO_CARDIOMM = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "cardiomm" or name.startswith("cardiomm."):
+                raise ImportError("cardiomm is blocked in this process")
+    sys.meta_path.insert(0, _Block())
+    import numpy as np, torch
+    from transformers import AutoFeatureExtractor, AutoModel
+    ckpt, out = sys.argv[1], sys.argv[2]
+    fe = AutoFeatureExtractor.from_pretrained(ckpt, trust_remote_code=True)
+    model = AutoModel.from_pretrained(ckpt, trust_remote_code=True).eval()
+    assert "cardiomm" not in type(model).__module__, type(model).__module__
+    ecg = np.load(ckpt + "/probe.npy")
+    inputs = fe(ecg, sampling_rate=250, crop="center", return_tensors="pt")
+    with torch.no_grad():
+        emb = model(**inputs).pooler_output
+    np.save(out, emb.numpy())
+    """
+)
+
+
+def _save_checkpoint(path: Path, backbone: str, **overrides) -> tuple[ECGEncoderModel, ECGFeatureExtractor]:
+    torch.manual_seed(0)
+    model = ECGEncoderModel(ECGEncoderConfig(backbone=backbone, **overrides)).eval()
+    fe = ECGFeatureExtractor(sampling_rate=500, crop_length=1000)
+    model.save_pretrained(path)
+    fe.save_pretrained(path)
+    return model, fe
+
+
+def test_saved_checkpoint_carries_code_and_auto_map(tmp_path: Path) -> None:
+    _save_checkpoint(tmp_path, "resnet1d_8")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_ecg_encoder.ECGEncoderModel"
+    assert config["auto_map"]["AutoConfig"] == "configuration_ecg_encoder.ECGEncoderConfig"
+    pre = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert pre["auto_map"]["AutoFeatureExtractor"] == "feature_extraction_ecg.ECGFeatureExtractor"
+    for name in ("modeling_ecg_encoder.py", "configuration_ecg_encoder.py", "feature_extraction_ecg.py"):
+        assert (tmp_path / name).is_file(), name
+    # single-dot sibling imports of the copied files are copied too
+    assert (tmp_path / "ecg_records.py").is_file()
+
+
+def test_auto_classes_resolve_cardiomm_types(tmp_path: Path) -> None:
+    model, fe = _save_checkpoint(tmp_path, "resnet1d_8")
+    assert type(AutoConfig.from_pretrained(tmp_path)) is ECGEncoderConfig
+    assert type(AutoModel.from_pretrained(tmp_path)) is ECGEncoderModel
+    assert type(AutoFeatureExtractor.from_pretrained(tmp_path)) is ECGFeatureExtractor
+    clf = AutoModelForSequenceClassification.from_config(ECGEncoderConfig(backbone="resnet1d_8", num_labels=3))
+    assert isinstance(clf, ECGEncoderForSequenceClassification)
+
+
+def _remote_roundtrip(tmp_path: Path, backbone: str, **overrides) -> None:
+    ckpt = tmp_path / "ckpt"
+    model, fe = _save_checkpoint(ckpt, backbone, **overrides)
+    ecg = np.random.default_rng(0).standard_normal((12, 1000)).astype(np.float32)
+    np.save(ckpt / "probe.npy", ecg)
+    with torch.no_grad():
+        expected = model(**fe(ecg, sampling_rate=250, crop="center", return_tensors="pt")).pooler_output.numpy()
+    out = tmp_path / "emb.npy"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _NO_CARDIOMM, str(ckpt), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_cnn_loads_without_cardiomm(tmp_path: Path) -> None:
+    _remote_roundtrip(tmp_path, "resnet1d_8")
+
+
+def test_vit_loads_without_cardiomm(tmp_path: Path) -> None:
+    _remote_roundtrip(tmp_path, "vit_tiny", num_hidden_layers=2, max_length=1000)
