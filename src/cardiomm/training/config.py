@@ -144,6 +144,22 @@ class ExperimentConfig:
         return out
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` if it exists, else the experiment file of that name shipped in ``cardiomm.configs``
+    (``merl_tiny`` or ``merl_tiny.yaml``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    from importlib import resources
+
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    packaged = Path(str(resources.files("cardiomm.configs").joinpath(name)))
+    if len(path.parts) == 1 and packaged.is_file():
+        return packaged
+    shipped = sorted(p.name for p in Path(str(resources.files("cardiomm.configs"))).glob("*.yaml"))
+    raise FileNotFoundError(f"{path}: no such experiment file (cardiomm ships: {', '.join(shipped)})")
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read an experiment YAML (``{model, data, evaluation, training}``).
 
@@ -151,7 +167,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         ValueError: naming the file and the offending key, for an unknown top-level section, an unknown
             ``training`` key (with the closest valid name), a wrongly typed value, or a non-mapping document.
     """
-    path = Path(path)
+    path = resolve_config_path(path)
     with open(path, encoding="utf-8") as handle:
         document = yaml.safe_load(handle) or {}
     if not isinstance(document, Mapping):

@@ -1,0 +1,84 @@
+"""Embedding a dataset's ECGs and a list of texts with a trained model, for every evaluation protocol.
+
+``crop="windows"`` gives the test-time protocol of the EHR paper: the feature extractor cuts
+``num_windows`` windows (default 6 windows of 5 s, stride 1 s), each is embedded, and the median over windows
+is the record's embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.collators import ECGCollator
+from .aggregation import aggregate_windows
+
+
+def _ecg_embed_fn(model: Any) -> Callable[..., torch.Tensor]:
+    if hasattr(model, "get_ecg_features"):
+        return model.get_ecg_features
+    return lambda input_values, lead_mask=None: model(input_values=input_values, lead_mask=lead_mask).pooler_output
+
+
+@torch.inference_mode()
+def embed_ecgs(
+    model: Any,
+    feature_extractor: Any,
+    dataset: Any,
+    sampling_rate: float,
+    batch_size: int = 64,
+    crop: str = "center",
+    normalize: bool = True,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed every ECG of ``dataset`` (rows with ``ecg`` and ``lead_mask``): returns (N, D) float32.
+
+    Uses ``model.get_ecg_features`` when the model has it (dual encoders), else the encoder's
+    ``pooler_output``. With ``crop="windows"`` each record's embedding is the median over its windows.
+    """
+    model.eval()
+    collator = ECGCollator(feature_extractor, sampling_rate=sampling_rate, crop=crop)
+    embed = _ecg_embed_fn(model)
+    device = next(model.parameters()).device
+    chunks = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="embedding ECGs", disable=not progress, leave=False):
+        rows = dataset[start:start + batch_size]
+        rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
+        batch = collator(rows)
+        x, mask = batch["input_values"].to(device), batch["lead_mask"].to(device)
+        if x.ndim == 4:  # (B, W, L, T): test-time windows
+            b, w = x.shape[:2]
+            emb = embed(input_values=x.flatten(0, 1), lead_mask=mask.repeat_interleave(w, 0)).float()
+            emb = torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
+            chunks.append(aggregate_windows(emb.reshape(b, w, -1).cpu().numpy(), method="median"))
+            continue
+        emb = embed(input_values=x, lead_mask=mask).float()
+        emb = torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
+        chunks.append(emb.cpu().numpy())
+    out = np.concatenate(chunks).astype(np.float32)
+    if normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def text_encoder(model: Any, tokenizer: Any, max_length: int = 256, batch_size: int = 128) -> Callable[[Sequence[str]], np.ndarray]:
+    """A ``encode_text(list[str]) -> (N, D)`` callable (L2-normalised) from a dual encoder and its tokenizer."""
+
+    @torch.inference_mode()
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        model.eval()
+        device = next(model.parameters()).device
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tok = tokenizer(list(texts[start:start + batch_size]), padding="longest", truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            tok = {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            emb = model.get_text_features(**tok).float()
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    return encode
