@@ -324,3 +324,20 @@ def test_results_json_round_trip_and_markdown_table(tmp_path):
     assert lines[0].split("|")[1].strip() == "fraction" and len(lines) == 4
     assert f"{probe.summary()[1.0]['mean']:.3f}" in table
     assert results_table([]) == "(no rows)"
+
+
+def test_signal_statistics_features_separate_amplitude_and_frequency() -> None:
+    from cardiomm.evaluation.baselines import BANDS_HZ, PERCENTILES, signal_statistics
+
+    t = np.arange(2500) / 250.0
+    slow = np.tile(np.sin(2 * np.pi * 1.0 * t), (12, 1))
+    fast = np.tile(0.1 * np.sin(2 * np.pi * 20.0 * t), (12, 1))
+    feats = signal_statistics(np.stack([slow, fast]), 250.0)
+    per_lead = 1 + len(PERCENTILES) + len(BANDS_HZ)
+    assert feats.shape == (2, 12 * per_lead) and feats.dtype == np.float32
+    lead0 = feats[:, :per_lead]
+    assert lead0[0, 0] > 5 * lead0[1, 0]  # std
+    band = lambda f, k: f[1 + len(PERCENTILES) + k]  # noqa: E731
+    assert band(lead0[0], 0) > band(lead0[0], 3) and band(lead0[1], 3) > band(lead0[1], 0)
+    with pytest.raises(ValueError, match="records, leads, time"):
+        signal_statistics(np.zeros((12, 100)), 250.0)
