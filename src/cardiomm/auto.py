@@ -11,27 +11,35 @@ from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoProcessor,
+    AutoTokenizer,
 )
 
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
+from .modeling.configuration_sehr_bert import SEHRBertConfig
 from .modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
 from .modeling.modeling_ecg_text import ECGTextDualEncoder
+from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
 from .processing.processing_ecg_text import ECGTextProcessor
+from .processing.tokenization_medical_codes import MedicalCodeTokenizer
 
 #: (model_type, config class) of every cardiomm model.
 CONFIGS = (
     (ECGEncoderConfig.model_type, ECGEncoderConfig),
     (ECGTextDualEncoderConfig.model_type, ECGTextDualEncoderConfig),
+    (SEHRBertConfig.model_type, SEHRBertConfig),
 )
 #: (Auto class, config class, model class).
 MODELS = (
     (AutoModel, ECGEncoderConfig, ECGEncoderModel),
     (AutoModelForSequenceClassification, ECGEncoderConfig, ECGEncoderForSequenceClassification),
     (AutoModel, ECGTextDualEncoderConfig, ECGTextDualEncoder),
+    (AutoModel, SEHRBertConfig, SEHRBertModel),
+    (AutoModelForMaskedLM, SEHRBertConfig, SEHRBertForMaskedLM),
 )
 
 
@@ -44,6 +52,7 @@ def register_all() -> None:
     AutoFeatureExtractor.register(ECGEncoderConfig, ECGFeatureExtractor, exist_ok=True)
     AutoFeatureExtractor.register(ECGTextDualEncoderConfig, ECGFeatureExtractor, exist_ok=True)
     AutoProcessor.register(ECGTextDualEncoderConfig, ECGTextProcessor, exist_ok=True)
+    AutoTokenizer.register(SEHRBertConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
 
 
 register_all()
