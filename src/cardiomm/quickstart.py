@@ -30,7 +30,7 @@ def _card(run: Any, report: Any, steps: int) -> Any:
     for row in report.rows:
         if row["encoder"] == "pretrained" and row["protocol"] == "zero-shot":
             evals.append(EvaluationEntry(task=f"zero-shot {row['task']}", dataset="cardiomm-synthetic",
-                                         metric="macro AUROC", value=float(row["macro_auroc"])))
+                                         metric="macro AUROC", value=float(row["result"])))
     return ModelCardInfo(
         model_name="cardiomm MERL-tiny (synthetic demo)",
         summary=(

