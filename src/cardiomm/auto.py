@@ -18,11 +18,15 @@ from transformers import (
 )
 
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
+from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
 from .modeling.configuration_sehr_bert import SEHRBertConfig
+from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 from .modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
+from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
 from .modeling.modeling_ecg_text import ECGTextDualEncoder
 from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel
+from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
 from .processing.processing_ecg_text import ECGTextProcessor
 from .processing.tokenization_medical_codes import MedicalCodeTokenizer
@@ -32,6 +36,8 @@ CONFIGS = (
     (ECGEncoderConfig.model_type, ECGEncoderConfig),
     (ECGTextDualEncoderConfig.model_type, ECGTextDualEncoderConfig),
     (SEHRBertConfig.model_type, SEHRBertConfig),
+    (ECGSEHRDualEncoderConfig.model_type, ECGSEHRDualEncoderConfig),
+    (SEHRECGTextConfig.model_type, SEHRECGTextConfig),
 )
 #: (Auto class, config class, model class).
 MODELS = (
@@ -40,6 +46,8 @@ MODELS = (
     (AutoModel, ECGTextDualEncoderConfig, ECGTextDualEncoder),
     (AutoModel, SEHRBertConfig, SEHRBertModel),
     (AutoModelForMaskedLM, SEHRBertConfig, SEHRBertForMaskedLM),
+    (AutoModel, ECGSEHRDualEncoderConfig, ECGSEHRDualEncoder),
+    (AutoModel, SEHRECGTextConfig, SEHRECGTextModel),
 )
 
 
@@ -53,6 +61,9 @@ def register_all() -> None:
     AutoFeatureExtractor.register(ECGTextDualEncoderConfig, ECGFeatureExtractor, exist_ok=True)
     AutoProcessor.register(ECGTextDualEncoderConfig, ECGTextProcessor, exist_ok=True)
     AutoTokenizer.register(SEHRBertConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
+    for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig):
+        AutoFeatureExtractor.register(config_class, ECGFeatureExtractor, exist_ok=True)
+    AutoTokenizer.register(ECGSEHRDualEncoderConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
 
 
 register_all()

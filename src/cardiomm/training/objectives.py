@@ -23,6 +23,10 @@ picks the objective. Every objective plugs into the one :class:`~cardiomm.traini
     crop_length: 2500                   # samples at the feature extractor's sampling rate
     normalization: zscore
     max_text_length: 256
+
+``model.type`` ``ecg_sehr_dual_encoder``, ``sehr_ecg_text`` and ``sehr_bert`` (the structured-EHR models of the
+EHR paper) are described in :func:`build_ecg_sehr_run`, :func:`build_sehr_ecg_text_run` and
+:func:`build_sehr_bert_run`.
 """
 
 from __future__ import annotations
@@ -128,7 +132,213 @@ def build_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
     return PretrainingRun(model, feature_extractor, tokenizer, train, evaluation, collator, info, processor)
 
 
-OBJECTIVES = {"ecg_text_dual_encoder": build_ecg_text_run}
+# ------------------------------------------------------------------------------ structured EHR (Lalam et al.)
+def prepare_paired_dataset(data: dict[str, Any]) -> tuple[Any, ECGDatasetInfo]:
+    """Like :func:`prepare_dataset`, but a synthetic cohort is written together with its full event and notes
+    tables (:func:`~cardiomm.data.pairing.save_pairing_tables`), so that ECG–sEHR / ECG–text pairs see the events
+    and notes *after* each ECG. ``data.synthetic`` takes :func:`~cardiomm.data.synthetic.generate_cohort`
+    arguments (``n_patients``, ``seed``, ``ecgs_per_patient``, ...) and optionally ``fractions`` (patient-level
+    split fractions)."""
+    if "path" not in data:
+        raise ValueError("the 'data' section needs 'path' (a cardiomm dataset folder)")
+    path = Path(data["path"])
+    if "synthetic" in data and not (path / METADATA_FILE).is_file():
+        from ..data.pairing import save_pairing_tables
+        from ..data.synthetic import generate_cohort, save_synthetic_dataset
+
+        synth = dict(data["synthetic"])
+        fractions = synth.pop("fractions", None)
+        for key in ("write_wfdb_files", "include_ehr"):
+            synth.pop(key, None)
+        synth.setdefault("progress", False)
+        cohort = generate_cohort(**synth)
+        save_synthetic_dataset(cohort, path, fractions=fractions)
+        save_pairing_tables(cohort, path)
+    return load_ecg_dataset(path)
+
+
+def _code_tokenizer_and_ehr_tower(ehr_spec: dict[str, Any], data: dict[str, Any], dataset: Any) -> tuple[Any, Any]:
+    """``(MedicalCodeTokenizer, sEHR tower source)``: a pretrained sEHR-BERT folder with its tokenizer
+    (``ehr: {pretrained: path}``), or a vocabulary built from the *training* patients' timelines (codes of at least
+    ``data.min_code_patients`` patients, 50 in the paper) and an ``SEHRBertConfig`` of the ``ehr`` fields."""
+    from ..data.ehr import build_medical_code_tokenizer
+    from ..data.pairing import pairing_timelines
+    from ..modeling.configuration_sehr_bert import SEHRBertConfig
+    from ..processing.tokenization_medical_codes import MedicalCodeTokenizer
+
+    ehr_spec = dict(ehr_spec)
+    pretrained = ehr_spec.pop("pretrained", None)
+    if pretrained:
+        return MedicalCodeTokenizer.from_pretrained(pretrained), str(pretrained)
+    timelines = pairing_timelines(data["path"])
+    train_patients = set(dataset[data.get("train_split", "train")]["patient_id"])
+    tokenizer = build_medical_code_tokenizer(
+        {pid: events for pid, events in timelines.items() if pid in train_patients},
+        min_patients=int(data.get("min_code_patients", 50)),
+        model_max_length=int(data.get("max_codes", 510)) + 2,
+    )
+    return tokenizer, SEHRBertConfig.from_tokenizer(tokenizer, **ehr_spec)
+
+
+def _paired_splits(pairs: Any, data: dict[str, Any], columns: list[str]) -> tuple[Any, Any]:
+    """Training and evaluation splits of a paired ``DatasetDict``: ECG arrays as numpy, the rest as Python."""
+    def view(split: Any) -> Any:
+        return split.select_columns(columns).with_format("numpy", columns=["ecg", "lead_mask"],
+                                                          output_all_columns=True)
+
+    train = view(pairs[data.get("train_split", "train")])
+    eval_split = data.get("eval_split", "validation")
+    return train, (view(pairs[eval_split]) if eval_split in pairs else None)
+
+
+def _ecg_feature_extractor(data: dict[str, Any], info: ECGDatasetInfo) -> Any:
+    from ..processing.feature_extraction_ecg import ECGFeatureExtractor
+
+    return ECGFeatureExtractor(
+        lead_names=info.lead_names,
+        sampling_rate=data.get("sampling_rate", info.sampling_rate),
+        normalization=data.get("normalization", "zscore"),
+        crop_length=data.get("crop_length", 2500),
+    )
+
+
+def build_ecg_sehr_run(experiment: ExperimentConfig) -> PretrainingRun:
+    """Build an ECG–sEHR dual encoder run (the ECG-sEHR model of Lalam et al.).
+
+    ``model``: ``type: ecg_sehr_dual_encoder``, ``ecg`` (``ECGEncoderConfig`` fields or ``{pretrained: ...}``),
+    ``ehr`` (``SEHRBertConfig`` fields for a random sEHR-BERT, or ``{pretrained: folder}`` of an sEHR-BERT MLM run,
+    whose tokenizer is used), other ``ECGSEHRDualEncoderConfig`` fields. ``data``: ``path`` / ``synthetic`` (see
+    :func:`prepare_paired_dataset`), ``ehr_window_days`` (365), ``max_codes`` (510), ``min_code_patients`` (50),
+    ``sampling_rate``, ``crop_length``, ``normalization``, ``train_split``, ``eval_split``. The checkpoint holds
+    the feature extractor and the code tokenizer.
+    """
+    from ..data.pairing import ECGSEHRCollator, build_ecg_sehr_pairs
+    from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
+    from ..modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
+
+    spec = dict(experiment.model)
+    spec.pop("type", None)
+    data = dict(experiment.data)
+    dataset, info = prepare_paired_dataset(data)
+    ecg_spec = dict(spec.pop("ecg", {"backbone": "resnet1d_8"}))
+    ecg_source: Any = ecg_spec.pop("pretrained", None) or ECGEncoderConfig(**ecg_spec)
+    code_tokenizer, ehr_source = _code_tokenizer_and_ehr_tower(spec.pop("ehr", {}), data, dataset)
+    model = ECGSEHRDualEncoder.from_ecg_ehr_pretrained(ecg_source, ehr_source, **spec)
+
+    max_codes = int(data.get("max_codes", 510))
+    pairs = build_ecg_sehr_pairs(data["path"], window_days=float(data.get("ehr_window_days", 365)),
+                                 max_codes=max_codes)
+    feature_extractor = _ecg_feature_extractor(data, info)
+    collator = ECGSEHRCollator(feature_extractor, sampling_rate=info.sampling_rate, lead_names=info.lead_names,
+                               crop="random", code_tokenizer=code_tokenizer, max_codes_length=max_codes + 2)
+    train, evaluation = _paired_splits(pairs, data, ["ecg", "lead_mask", "acquisition_time", "sehr_events"])
+    return PretrainingRun(model, feature_extractor, code_tokenizer, train, evaluation, collator, info)
+
+
+def build_sehr_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
+    """Build a sEHR–ECG–Text tri-modal run (Lalam et al., Section 3.2) on (sEHR, ECG, text) triplets.
+
+    ``model``: ``type: sehr_ecg_text``, ``ecg`` and ``ehr`` as for :func:`build_ecg_sehr_run`; ``text`` /
+    ``text_config`` / ``tokenizer`` as for :func:`build_ecg_text_run`; other ``SEHRECGTextConfig`` fields.
+    ``data``: as for :func:`build_ecg_sehr_run`, plus ``text_pairing`` (``entity`` (default) or ``report``),
+    ``text_window_days`` (365 for entity, 30 for report concatenation) and ``max_text_length`` (400: the text
+    budget is ``max_text_length - 2`` tokens of the text tokenizer). The checkpoint holds the feature extractor
+    and the text tokenizer, and the code tokenizer in ``sehr_tokenizer/``.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..data.pairing import SEHRECGTextCollator, SEHRECGTextPreprocessing, build_sehr_ecg_text_triplets
+    from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
+    from ..modeling.modeling_sehr_ecg_text import SEHRECGTextModel
+
+    spec = dict(experiment.model)
+    spec.pop("type", None)
+    data = dict(experiment.data)
+    dataset, info = prepare_paired_dataset(data)
+    ecg_spec = dict(spec.pop("ecg", {"backbone": "resnet1d_8"}))
+    ecg_source: Any = ecg_spec.pop("pretrained", None) or ECGEncoderConfig(**ecg_spec)
+    code_tokenizer, ehr_source = _code_tokenizer_and_ehr_tower(spec.pop("ehr", {}), data, dataset)
+    text_name = resolve_text_model_path(str(spec.pop("text", "UFNLP/gatortron-base")))
+    text_config = spec.pop("text_config", None)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model_path(str(spec.pop("tokenizer", text_name))))
+    text_source: Any = AutoConfig.for_model(**text_config) if text_config else text_name
+    model = SEHRECGTextModel.from_towers_pretrained(ecg_source, ehr_source, text_source, **spec)
+
+    max_codes = int(data.get("max_codes", 510))
+    max_text_length = int(data.get("max_text_length", 400))
+    triplets = build_sehr_ecg_text_triplets(
+        data["path"], method=data.get("text_pairing", "entity"),
+        ehr_window_days=float(data.get("ehr_window_days", 365)), text_window_days=data.get("text_window_days"),
+        max_codes=max_codes, max_tokens=max_text_length - 2, count_tokens=lambda text: len(tokenizer.tokenize(text)),
+    )
+    feature_extractor = _ecg_feature_extractor(data, info)
+    collator = SEHRECGTextCollator(
+        feature_extractor, sampling_rate=info.sampling_rate, lead_names=info.lead_names, crop="random",
+        code_tokenizer=code_tokenizer, max_codes_length=max_codes + 2, tokenizer=tokenizer,
+        max_text_length=max_text_length,
+    )
+    train, evaluation = _paired_splits(triplets, data, ["ecg", "lead_mask", "acquisition_time", "sehr_events", "text"])
+    processor = SEHRECGTextPreprocessing(feature_extractor, code_tokenizer, tokenizer)
+    return PretrainingRun(model, feature_extractor, tokenizer, train, evaluation, collator, info, processor)
+
+
+def build_sehr_bert_run(experiment: ExperimentConfig) -> PretrainingRun:
+    """Build an sEHR-BERT masked-language-modelling run (Lalam et al., Section 3.1).
+
+    ``model``: ``type: sehr_bert``, ``pretrained`` (optional: a saved sEHR-BERT MLM folder to continue from,
+    with its tokenizer) and ``SEHRBertConfig`` fields (``num_hidden_layers``, ``hidden_size``,
+    ``sparse_prediction``, ...). ``data``: ``path`` / ``synthetic`` (see :func:`prepare_paired_dataset`),
+    ``min_code_patients`` (50), ``max_length`` (512 codes with ``[CLS]``/``[SEP]``), ``mlm_probability`` (0.15),
+    ``window_seed`` (the random window of each patient), ``train_split``, ``eval_split``. One example per patient:
+    a random run of consecutive codes of the patient's timeline (the full event table when the folder has one),
+    in the dataset's patient-level splits, so that validation and test patients stay unseen. The paper halves the
+    learning rate when the validation loss stalls for 2 epochs: ``training.lr_schedule: plateau``.
+    """
+    from datasets import Dataset
+
+    from ..data.ehr import MedicalCodeMLMCollator, build_medical_code_tokenizer, build_sehr_mlm_datasets
+    from ..data.pairing import pairing_timelines
+    from ..modeling.configuration_sehr_bert import SEHRBertConfig
+    from ..modeling.modeling_sehr_bert import SEHRBertForMaskedLM
+    from ..processing.tokenization_medical_codes import MedicalCodeTokenizer
+
+    spec = dict(experiment.model)
+    spec.pop("type", None)
+    data = dict(experiment.data)
+    dataset, info = prepare_paired_dataset(data)
+    train_split, eval_split = data.get("train_split", "train"), data.get("eval_split", "validation")
+    max_length = int(data.get("max_length", 512))
+    timelines = pairing_timelines(data["path"])
+    split_timelines = {
+        name: {pid: timelines[pid] for pid in dict.fromkeys(dataset[name]["patient_id"]) if pid in timelines}
+        for name in (train_split, eval_split) if name in dataset
+    }
+    pretrained = spec.pop("pretrained", None)
+    if pretrained:
+        tokenizer = MedicalCodeTokenizer.from_pretrained(pretrained)
+        model = SEHRBertForMaskedLM.from_pretrained(pretrained)
+    else:
+        tokenizer = build_medical_code_tokenizer(split_timelines[train_split],
+                                                 min_patients=int(data.get("min_code_patients", 50)),
+                                                 model_max_length=max_length)
+        model = SEHRBertForMaskedLM(SEHRBertConfig.from_tokenizer(tokenizer, **spec))
+    rows = {
+        name: Dataset.from_dict({"patient_id": list(t), "ehr_events": list(t.values())})
+        for name, t in split_timelines.items()
+    }
+    train, evaluation = build_sehr_mlm_datasets(rows, tokenizer, max_length=max_length,
+                                                seed=int(data.get("window_seed", 0)), train_split=train_split,
+                                                eval_split=eval_split)
+    collator = MedicalCodeMLMCollator(tokenizer, mlm_probability=float(data.get("mlm_probability", 0.15)))
+    return PretrainingRun(model, None, tokenizer, train, evaluation, collator, info)
+
+
+OBJECTIVES = {
+    "ecg_text_dual_encoder": build_ecg_text_run,
+    "ecg_sehr_dual_encoder": build_ecg_sehr_run,
+    "sehr_ecg_text": build_sehr_ecg_text_run,
+    "sehr_bert": build_sehr_bert_run,
+}
 
 
 def build_run(experiment: ExperimentConfig) -> PretrainingRun:

@@ -1,0 +1,305 @@
+"""sEHR–ECG–Text tri-modal contrastive model (Lalam et al., Section 3.2; after MMV, Alayrac et al. 2020).
+
+Three towers on the shared ECG contrastive machinery ([`ECGContrastiveModel`]): the ECG encoder, sEHR-BERT
+([`SEHRBertModel`]) and a text encoder (any transformers model; GatorTron in the paper). Two joint spaces:
+
+* fine, Ω_es: `ecg_projection` (P_e→es) and `ehr_projection` (P_s→es); ECG and sEHR are contrasted here (L_es);
+* coarse, Ω_set: `text_projection` (P_t→set) maps the text there, and `fine_to_coarse_projection` (P_es→set) maps
+  fine-space embeddings there (the ECG's, and the sEHR's with `space="coarse"`); ECG and text are contrasted
+  here (L_et).
+
+`loss = ecg_ehr_loss_weight · L_es + ecg_text_loss_weight · L_et`, both ConVIRT at τ = 1 / exp(logit_scale)
+(λ_es, λ_et). P_es→set takes the fine-space features before L2 normalisation; every embedding is L2-normalised
+before it is compared. Each partner tower has its own exact freezing (`freeze_ehr_layers`, `freeze_text_layers`).
+
+Zero-shot text→ECG retrieval happens in the coarse space: `get_text_features` against
+`get_ecg_features(..., space="coarse")` (the default, so that evaluation code pairing `get_ecg_features` with
+`get_text_features` compares like with like), by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_ecg_encoder import ECGEncoderConfig
+from .configuration_sehr_bert import SEHRBertConfig
+from .configuration_sehr_ecg_text import SEHRECGTextConfig
+from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput
+from .modeling_ecg_text import (
+    ECGContrastiveModel,
+    ECGContrastivePreTrainedModel,
+    build_projection,
+    pair_contrastive_loss,
+)
+from .modeling_sehr_bert import SEHRBertModel
+
+EMBEDDING_SPACES: tuple[str, ...] = ("fine", "coarse")
+
+
+@dataclass
+class SEHRECGTextOutput(ModelOutput):
+    """
+    Output of [`SEHRECGTextModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape (), *optional*, returned when `return_loss=True`):
+            `ecg_ehr_loss_weight * ecg_ehr_loss + ecg_text_loss_weight * ecg_text_loss`.
+        ecg_ehr_loss (`torch.FloatTensor` of shape (), *optional*): L_es, ECG–sEHR ConVIRT loss in the fine space.
+        ecg_text_loss (`torch.FloatTensor` of shape (), *optional*): L_et, ECG–text ConVIRT loss in the coarse space.
+        logits_per_ecg_ehr (`torch.FloatTensor` of shape (batch, batch)):
+            `logit_scale.exp()` times the cosine similarity of each ECG (rows) with each code sequence (columns), Ω_es.
+        logits_per_ecg_text (`torch.FloatTensor` of shape (batch, batch)):
+            The same for ECGs (rows) against texts (columns), Ω_set.
+        ecg_embeds (`torch.FloatTensor` of shape (batch, projection_dim)): L2-normalised ECG embeddings in Ω_es.
+        ehr_embeds (`torch.FloatTensor` of shape (batch, projection_dim)): L2-normalised sEHR embeddings in Ω_es.
+        ecg_coarse_embeds (`torch.FloatTensor` of shape (batch, coarse_projection_dim)):
+            L2-normalised ECG embeddings in Ω_set (through P_es→set).
+        text_embeds (`torch.FloatTensor` of shape (batch, coarse_projection_dim)): L2-normalised text embeddings in
+            Ω_set.
+        ecg_model_output (`ECGEncoderOutput`), ehr_model_output (`ModelOutput`), text_model_output (`ModelOutput`):
+            Outputs of the three towers.
+    """
+
+    loss: torch.FloatTensor | None = None
+    ecg_ehr_loss: torch.FloatTensor | None = None
+    ecg_text_loss: torch.FloatTensor | None = None
+    logits_per_ecg_ehr: torch.FloatTensor | None = None
+    logits_per_ecg_text: torch.FloatTensor | None = None
+    ecg_embeds: torch.FloatTensor | None = None
+    ehr_embeds: torch.FloatTensor | None = None
+    ecg_coarse_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    ecg_model_output: ECGEncoderOutput | None = None
+    ehr_model_output: ModelOutput | None = None
+    text_model_output: ModelOutput | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            self[k] if not k.endswith("_model_output") else getattr(self, k).to_tuple() for k in self.keys()
+        )
+
+
+class SEHRECGTextPreTrainedModel(ECGContrastivePreTrainedModel):
+    """Base class of the sEHR–ECG–Text model: configuration class and prefixes."""
+
+    config_class = SEHRECGTextConfig
+    config: SEHRECGTextConfig
+    base_model_prefix = "sehr_ecg_text"
+    input_modalities = ("ecg", "ehr", "text")
+
+
+class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
+    """sEHR–ECG–Text tri-modal contrastive model (MMV-style fine and coarse joint spaces).
+
+    Args:
+        config: the model configuration.
+        ecg_model / ehr_model / text_model: existing towers to use instead of building them from the sub-configs.
+    """
+
+    partner_modalities: ClassVar[tuple[str, ...]] = ("ehr", "text")
+    tower_classes: ClassVar[dict[str, type[PreTrainedModel]]] = {"ehr": SEHRBertModel}
+
+    def __init__(
+        self,
+        config: SEHRECGTextConfig,
+        ecg_model: ECGEncoderModel | None = None,
+        ehr_model: SEHRBertModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__(config, ecg_model=ecg_model, partner_models={"ehr": ehr_model, "text": text_model})
+        coarse = config.coarse_projection_dim
+        self.ecg_projection = build_projection(config.ecg_config.hidden_size, config, "ecg")
+        self.ehr_projection = build_projection(config.ehr_config.hidden_size, config, "ehr")
+        self.text_projection = build_projection(config.text_config.hidden_size, config, "text", out_features=coarse)
+        self.fine_to_coarse_projection = build_projection(config.projection_dim, config, "fine", out_features=coarse)
+        self.init_logit_scale()
+        self._install_freezing()
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ features
+    def _to_space(self, fine_features: torch.Tensor, space: str) -> torch.Tensor:
+        if space not in EMBEDDING_SPACES:
+            raise ValueError(f"space must be one of {EMBEDDING_SPACES}, got {space!r}")
+        return fine_features if space == "fine" else self.fine_to_coarse_projection(fine_features)
+
+    def get_ecg_features(
+        self, input_values: torch.Tensor, lead_mask: torch.Tensor | None = None, space: str = "coarse"
+    ) -> torch.Tensor:
+        """Projected ECG embeddings, *not* L2-normalised: in the coarse space Ω_set (default; comparable with
+        `get_text_features`), shape (batch, coarse_projection_dim), or in the fine space Ω_es (`space="fine"`;
+        comparable with `get_ehr_features`), shape (batch, projection_dim).
+
+        Args:
+            input_values: ECGs, (batch, num_leads, time).
+            lead_mask: (batch, num_leads) bool, True for recorded leads.
+            space: `"coarse"` or `"fine"`.
+        """
+        latent, _ = self._encode_ecg(input_values, lead_mask)
+        return self._to_space(self.ecg_projection(latent), space)
+
+    def get_ehr_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
+        type_ids: torch.Tensor | None = None,
+        space: str = "fine",
+    ) -> torch.Tensor:
+        """Projected sEHR embeddings, *not* L2-normalised, in the fine space Ω_es (default) or, through P_es→set,
+        the coarse space Ω_set.
+
+        Args:
+            input_ids / attention_mask / time_ids / type_ids: `MedicalCodeTokenizer` outputs, (batch, codes).
+            space: `"fine"` or `"coarse"`.
+        """
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "time_ids": time_ids, "type_ids": type_ids}
+        pooled, _ = self._encode_partner("ehr", inputs)
+        return self._to_space(self.ehr_projection(pooled), space)
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Projected text embeddings in the coarse space Ω_set, shape (batch, coarse_projection_dim), *not*
+        L2-normalised.
+
+        Args:
+            input_ids: token ids, (batch, tokens).
+            attention_mask: (batch, tokens), 1 for real tokens and 0 for padding.
+            token_type_ids: (batch, tokens), optional segment ids.
+        """
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        pooled, _ = self._encode_partner("text", inputs)
+        return self.text_projection(pooled)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        ehr_input_ids: torch.Tensor,
+        input_ids: torch.Tensor,
+        ehr_attention_mask: torch.Tensor | None = None,
+        ehr_time_ids: torch.Tensor | None = None,
+        ehr_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        lead_mask: torch.Tensor | None = None,
+        return_loss: bool = True,
+        return_dict: bool | None = None,
+    ) -> SEHRECGTextOutput | tuple:
+        """
+        Args:
+            input_values (`torch.FloatTensor` of shape (batch, num_leads, time)): ECGs.
+            ehr_input_ids (`torch.LongTensor` of shape (batch, codes)): code sequences paired with the ECGs.
+            input_ids (`torch.LongTensor` of shape (batch, tokens)): tokenised texts paired with the ECGs.
+            ehr_attention_mask / ehr_time_ids / ehr_type_ids (`torch.LongTensor` of shape (batch, codes), *optional*):
+                the rest of the `MedicalCodeTokenizer` output.
+            attention_mask (`torch.LongTensor` of shape (batch, tokens), *optional*): 1 for real text tokens.
+            token_type_ids (`torch.LongTensor` of shape (batch, tokens), *optional*): text segment ids.
+            lead_mask (`torch.BoolTensor` of shape (batch, num_leads), *optional*): True for recorded leads.
+            return_loss (`bool`, defaults to `True`): compute L_es and L_et.
+            return_dict (`bool`, *optional*): return a [`SEHRECGTextOutput`] instead of a tuple.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        ecg_latent, ecg_outputs = self._encode_ecg(input_values, lead_mask)
+        ehr_pooled, ehr_outputs = self._encode_partner("ehr", {
+            "input_ids": ehr_input_ids, "attention_mask": ehr_attention_mask, "time_ids": ehr_time_ids,
+            "type_ids": ehr_type_ids,
+        })
+        text_pooled, text_outputs = self._encode_partner("text", {
+            "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+        })
+        ecg_fine = self.ecg_projection(ecg_latent)
+        ecg_embeds = F.normalize(ecg_fine, dim=-1)
+        ehr_embeds = F.normalize(self.ehr_projection(ehr_pooled), dim=-1)
+        ecg_coarse_embeds = F.normalize(self.fine_to_coarse_projection(ecg_fine), dim=-1)
+        text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
+        logit_scale = self.scale()
+        logits_per_ecg_ehr = logit_scale * ecg_embeds @ ehr_embeds.t()
+        logits_per_ecg_text = logit_scale * ecg_coarse_embeds @ text_embeds.t()
+
+        loss = ecg_ehr_loss = ecg_text_loss = None
+        if return_loss:
+            ecg_ehr_loss = pair_contrastive_loss(ecg_embeds, ehr_embeds, logit_scale, config.loss, config.lambda_es)
+            ecg_text_loss = pair_contrastive_loss(
+                ecg_coarse_embeds, text_embeds, logit_scale, config.loss, config.lambda_et
+            )
+            loss = config.ecg_ehr_loss_weight * ecg_ehr_loss + config.ecg_text_loss_weight * ecg_text_loss
+
+        output = SEHRECGTextOutput(
+            loss=loss,
+            ecg_ehr_loss=ecg_ehr_loss,
+            ecg_text_loss=ecg_text_loss,
+            logits_per_ecg_ehr=logits_per_ecg_ehr,
+            logits_per_ecg_text=logits_per_ecg_text,
+            ecg_embeds=ecg_embeds,
+            ehr_embeds=ehr_embeds,
+            ecg_coarse_embeds=ecg_coarse_embeds,
+            text_embeds=text_embeds,
+            ecg_model_output=ecg_outputs,
+            ehr_model_output=ehr_outputs,
+            text_model_output=text_outputs,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_towers_pretrained(
+        cls,
+        ecg_model_name_or_path: str | os.PathLike | ECGEncoderConfig | ECGEncoderModel,
+        ehr_model_name_or_path: str | os.PathLike | SEHRBertConfig | PreTrainedModel,
+        text_model_name_or_path: str | os.PathLike | PreTrainedConfig | PreTrainedModel,
+        ecg_model_kwargs: dict[str, Any] | None = None,
+        ehr_model_kwargs: dict[str, Any] | None = None,
+        text_model_kwargs: dict[str, Any] | None = None,
+        **config_kwargs: Any,
+    ) -> SEHRECGTextModel:
+        """Build the tri-modal model from three towers; projections and `logit_scale` start fresh.
+
+        Args:
+            ecg_model_name_or_path: a saved ECG encoder, an `ECGEncoderModel`, an `ECGEncoderConfig` or a preset name.
+            ehr_model_name_or_path: a saved sEHR-BERT (an MLM checkpoint works), an `SEHRBertModel` /
+                `SEHRBertForMaskedLM`, or an `SEHRBertConfig` (random weights).
+            text_model_name_or_path: a pretrained text encoder (Hub id or folder), a `PreTrainedModel`, or a
+                `PreTrainedConfig` (random weights).
+            ecg_model_kwargs / ehr_model_kwargs / text_model_kwargs: extra arguments of the towers' `from_pretrained`.
+            config_kwargs: fields of [`SEHRECGTextConfig`].
+        """
+        ecg_model = cls.load_ecg_tower(ecg_model_name_or_path, **(ecg_model_kwargs or {}))
+        ehr_source = text_source = None
+        if isinstance(ehr_model_name_or_path, SEHRBertConfig):
+            ehr_model = SEHRBertModel(ehr_model_name_or_path)
+        elif isinstance(ehr_model_name_or_path, PreTrainedModel):
+            ehr_model = getattr(ehr_model_name_or_path, "sehr_bert", ehr_model_name_or_path)
+            ehr_source = ehr_model_name_or_path.config.name_or_path or None
+        else:
+            ehr_model = SEHRBertModel.from_pretrained(ehr_model_name_or_path, **(ehr_model_kwargs or {}))
+            ehr_source = str(ehr_model_name_or_path)
+        if isinstance(text_model_name_or_path, PreTrainedModel):
+            text_model = text_model_name_or_path
+            text_source = text_model.config.name_or_path or None
+        elif isinstance(text_model_name_or_path, PreTrainedConfig):
+            text_model = AutoModel.from_config(text_model_name_or_path)
+        else:
+            text_model = AutoModel.from_pretrained(text_model_name_or_path, **(text_model_kwargs or {}))
+            text_source = str(text_model_name_or_path)
+        config_kwargs.setdefault("ehr_model_name_or_path", ehr_source)
+        config_kwargs.setdefault("text_model_name_or_path", text_source)
+        config = SEHRECGTextConfig.from_tower_configs(ecg_model.config, ehr_model.config, text_model.config,
+                                                      **config_kwargs)
+        return cls(config, ecg_model=ecg_model, ehr_model=ehr_model, text_model=text_model)
+
+
+SEHRECGTextModel.register_for_auto_class("AutoModel")
+
+__all__ = ["EMBEDDING_SPACES", "SEHRECGTextOutput", "SEHRECGTextPreTrainedModel", "SEHRECGTextModel"]
