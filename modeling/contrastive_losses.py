@@ -73,8 +73,11 @@ def _paired_logits(a: Tensor, b: Tensor, scale: Tensor | float, gather: bool) ->
     a = F.normalize(a, dim=-1)
     b = F.normalize(b, dim=-1)
     rank, world_size = _world() if gather else (0, 1)
-    all_a = gather_features(a) if world_size > 1 else a
-    all_b = gather_features(b) if world_size > 1 else b
+    if world_size == 1:  # one batch: the b→a logits are the transpose of the a→b ones
+        logits_a_to_b = scale * a @ b.T
+        return logits_a_to_b, logits_a_to_b.T, _local_labels(a.shape[0], a.device, rank)
+    all_a = gather_features(a)
+    all_b = gather_features(b)
     logits_a_to_b = scale * a @ all_b.T
     logits_b_to_a = scale * b @ all_a.T
     return logits_a_to_b, logits_b_to_a, _local_labels(a.shape[0], a.device, rank)

@@ -57,16 +57,18 @@ class ECGCollator:
 @dataclass
 class ECGTextCollator(ECGCollator):
     """Batches (ECG, report) rows: the ECG through the feature extractor, the report through the tokenizer,
-    padded to the longest report of the batch (dynamic padding) and truncated at ``max_text_length``."""
+    truncated at ``max_text_length`` and padded to the longest report of the batch (``padding="longest"``,
+    dynamic padding) or to ``max_text_length`` (``padding="max_length"``)."""
 
     tokenizer: Any = None
     text_column: str = "report"
     max_text_length: int = 256
+    padding: str = "longest"
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.ecg_features(rows)
         text = self.tokenizer(
-            [str(r[self.text_column] or "") for r in rows], padding="longest", truncation=True,
+            [str(r[self.text_column] or "") for r in rows], padding=self.padding, truncation=True,
             max_length=self.max_text_length, return_tensors="pt",
         )
         batch.update({k: v for k, v in text.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
