@@ -99,7 +99,7 @@ def main() -> None:
     }
     rows = [{"features": "MERL-tiny pretrained", "protocol": "zero-shot", "macro AUROC": zs.metrics.macro_auroc}]
     results = {"zero_shot": {"macro_auroc": zs.metrics.macro_auroc,
-                             "auroc": dict(zip(zs.metrics.label_names, zs.metrics.auroc))},
+                             "auroc": dict(zs.metrics.auroc)},
                "linear_probe": {}, "n_test": len(test), "n_probe_train": len(probe_train),
                "pretraining_steps": result.global_step}
     for name, feats in features.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -77,7 +78,9 @@ def test_evaluation_runner_writes_table_json_and_roc(trained) -> None:
                                      progress=False)
     protocols = {(r["protocol"], r["encoder"]) for r in report.rows}
     assert ("zero-shot", "pretrained") in protocols and ("linear probe", "pretrained") in protocols
-    assert (tmp_path / "eval" / "results.json").is_file()
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    per_class = saved["tasks"]["rhythm"]["zero_shot"]["auroc"]
+    assert all(isinstance(v, float) for v in per_class.values())  # label -> AUROC, not label -> label
     assert (tmp_path / "eval" / "roc_zero_shot_rhythm.png").stat().st_size > 1000
     assert "validation" in (tmp_path / "eval" / "results.md").read_text()  # the protocol is written down
 

@@ -132,7 +132,7 @@ def evaluate_ecg_text_model(
         task_prompts = dict(prompts[task]) if prompts and task in prompts else dataset_prompts(info, task)
         zs = zero_shot_classify(zs_embeddings, task_prompts, encode_text, labels=y_test, label_names=names)
         entry: dict[str, Any] = {"zero_shot": {"macro_auroc": zs.metrics.macro_auroc,
-                                               "auroc": dict(zip(zs.metrics.label_names, zs.metrics.auroc)),
+                                               "auroc": dict(zs.metrics.auroc),
                                                "prompts": task_prompts}}
         report.rows.append({"task": task, "encoder": "pretrained", "protocol": "zero-shot", "fraction": "",
                             "result": round(float(zs.metrics.macro_auroc), 4), "metric": "macro AUROC"})
