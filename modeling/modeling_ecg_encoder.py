@@ -172,8 +172,10 @@ class ECGResNet1d(nn.Module):
     (batch, channels, 1, time) tensors, with the same statistics as a BatchNorm1d over (batch, time). Without
     autograd (``torch.no_grad`` / ``torch.inference_mode``) those tensors are channels-last (time-major, channels
     contiguous): oneDNN's convolutions run several times faster in that layout when channel counts are small.
-    With autograd they stay in the default layout, because oneDNN's channels-last weight-gradient kernel of
-    strided 1x1 convolutions corrupts memory for some shapes (e.g. 12 input channels) in this torch release.
+    With autograd the layers that read the leads (the stem, or every layer of a ResNet without stem) keep the
+    default layout, because oneDNN's channels-last weight-gradient kernel of strided 1x1 convolutions corrupts
+    memory for some shapes (e.g. 12 input channels) in this torch release; after a stem the features are
+    channels-last again (its wider convolutions train faster that way).
     """
 
     def __init__(self, config: ECGEncoderConfig) -> None:
@@ -212,13 +214,14 @@ class ECGResNet1d(nn.Module):
         all_hidden_states: list[torch.Tensor] = []
         if self.stem_conv is not None:
             hidden_states = F.relu(_conv_bn(self.stem_conv, self.stem_bn, hidden_states), inplace=True)
+            hidden_states = hidden_states.contiguous(memory_format=torch.channels_last)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states.squeeze(2).transpose(1, 2))
         for stage in self.stages:
             hidden_states = stage(hidden_states)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states.squeeze(2).transpose(1, 2))
-        features = hidden_states.squeeze(2)  # (batch, channels, time'), channel stride 1
+        features = hidden_states.squeeze(2)  # (batch, channels, time')
         return ECGEncoderOutput(
             last_hidden_state=features.transpose(1, 2),
             pooler_output=features.mean(dim=-1),
