@@ -31,7 +31,8 @@ Columns of a row:
   and losses (forward + backward), data loading + collation (+ loop bookkeeping), and gradient clipping + AdamW.
   They come from hooks on the real step: forward (pre-)hooks of the towers, gradient hooks on their outputs
   (autograd runs the loss, then the text tower, then the ECG tower, in reverse creation order) and
-  post-accumulate-grad hooks on the parameters. ``collate_pct`` is the collator's share alone;
+  post-accumulate-grad hooks on the parameters. ``collate_pct`` is the collator's share alone (``nan`` with
+  DataLoader workers, which collate in their own processes);
 * ``text_tokens`` / ``text_real_tokens`` -- mean padded length of the batches' reports and mean number of real
   tokens per report (a frozen text tower runs on groups of similar-length reports, so its work follows the real
   tokens more closely than the padded length);
@@ -60,6 +61,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -314,12 +316,17 @@ def run_variant(variant: PretrainingVariant, data_path: str | os.PathLike, batch
                 peak_rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
                 load.append(os.getloadavg()[0])
 
-        trainer = Trainer(run.model, experiment, train, collate_fn=collate, on_step_end=on_step_end)
+        # DataLoader workers collate in their own processes (and need a picklable collator): not timed then
+        collate_fn = collate if num_workers == 0 else run.collate_fn
+        trainer = Trainer(run.model, experiment, train, collate_fn=collate_fn, on_step_end=on_step_end)
         model = trainer.accelerator.unwrap_model(trainer.model)
         profiles.append(StepProfile(model, trainer.optimizer.optimizer, flop_steps=warmup))
         trainer.train()
         profile = profiles[0]
     timed = slice(warmup, warmup + steps)
+    if num_workers:
+        for breakdown in breakdowns:
+            breakdown["collate"] = float("nan")
     return {
         "variant": asdict(variant),
         "steps": breakdowns[timed],
@@ -382,9 +389,9 @@ def mixed_precision_check(model: str = "resnet18", data_path: str | os.PathLike 
 
 
 def _run_in_fresh_process(kwargs: dict[str, Any]) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(run_variant, kwds=kwargs)
+    # a non-daemonic worker, so that the DataLoader may start workers of its own
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_variant, **kwargs).result()
 
 
 def prepare_data(directory: str | os.PathLike, n_patients: int = 300, seed: int = 0) -> Path:

@@ -292,7 +292,8 @@ class Trainer:
                 if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0:
                     self._save_checkpoint()
                     last_saved_step = state.global_step
-                stop = state.global_step >= self.total_steps or state.stopped_early or self._hook_requests_stop()
+                hook_stop = self._hook_requests_stop()  # called after every step, the last one included
+                stop = state.global_step >= self.total_steps or state.stopped_early or hook_stop
                 if stop:
                     break
             if hasattr(loader, "end"):
