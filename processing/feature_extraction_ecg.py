@@ -11,19 +11,32 @@ Per record, in this order:
    dropped; any other name is an error.
 2. **Non-finite repair** along the time axis of each lead: a NaN/Inf sample becomes the mean of the nearest
    finite samples before and after it in the same lead (the one available side at the record edges). A lead
-   with no finite sample is treated as absent.
-3. **Resampling** to ``sampling_rate`` with a polyphase anti-aliasing filter.
-4. **Normalisation** over the present leads and the whole (uncropped) record:
+   with no finite sample is absent; so is a lead that is flat (peak-to-peak at most ``epsilon`` mV) over the
+   whole record, with a :class:`LeadOffWarning` unless it is all zeros (how datasets store a lead that was not
+   recorded). A record with no lead left is an error.
+3. **Resampling** to ``sampling_rate`` with a polyphase anti-aliasing filter (``ecg_records.resample_signal``).
+   Records must be sampled within ``ECG_SAMPLING_RATE_RANGE`` and give at least ``min_length`` samples at
+   ``sampling_rate``.
+4. **Normalisation** over the present leads and the whole (uncropped) record at ``sampling_rate``, computed in
+   float64:
 
    - ``"zscore"``: per lead, ``(x - mean) / max(std, epsilon)``;
    - ``"minmax"``: per record (all present leads together), ``(x - min) / max(max - min, epsilon)``, so values
      lie in [0, 1];
    - ``"none"``: values stay in millivolts.
 
-   Absent leads stay exactly zero in every mode.
+   Absent leads stay exactly zero in every mode. A value that does not fit float32 is an error.
 5. **Length**: a random or centred window of ``crop_length`` samples, ``num_windows`` windows at
    ``window_stride`` (test-time windows), or the full record. Missing time samples are filled with
    ``padding_value`` and marked 0 in ``attention_mask``.
+6. **Presence per window.** In each returned window a lead is present only if the window holds finite samples
+   of it that are not flat; otherwise it is zero there and False in ``lead_mask`` (a flat lead also raises a
+   :class:`LeadOffWarning`). With ``crop="windows"``, ``lead_mask`` is per window. A window with samples but
+   no present lead is an error.
+
+Only the returned windows are resampled (the record is cut with a margin wider than the resampling filter, so
+the values equal those of resampling the whole record); the whole-record statistics of long records are
+gathered piece by piece, so cropping a long record takes memory that does not grow with its length.
 
 Arrays are taken to be in millivolts; files are converted to millivolts from their header units.
 """
@@ -32,7 +45,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -40,16 +54,33 @@ import numpy as np
 import torch
 from transformers import BatchFeature, FeatureExtractionMixin
 
-from .ecg_records import STANDARD_12_LEADS, canonical_lead_name, read_ecg_record, resample_signal
+from .ecg_records import (
+    ECG_SAMPLING_RATE_RANGE,
+    FRANK_LEADS,
+    STANDARD_12_LEADS,
+    canonical_lead_name,
+    read_ecg_record,
+    resample_window,
+    resampled_chunks,
+    resampled_length,
+    resampling_factors,
+)
 
-FRANK_LEADS: tuple[str, ...] = ("X", "Y", "Z")
 NORMALIZATIONS: tuple[str, ...] = ("zscore", "minmax", "none")
 CROP_MODES: tuple[str, ...] = ("random", "center", "windows", "none")
 LAYOUTS: tuple[str, ...] = ("leads_first", "time_first")
 
+# Records longer than this (samples at the target rate) have their normalisation statistics gathered in pieces.
+STATISTICS_CHUNK: int = 2**16
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 ECGInput = Union[ArrayLike, str, os.PathLike, Sequence[ArrayLike], Sequence[Union[str, os.PathLike]]]
 SeedLike = Union[int, np.random.Generator, torch.Generator, None]
+
+
+
+class LeadOffWarning(UserWarning):
+    """A lead is flat (constant) where it should carry signal; it is marked absent in ``lead_mask``."""
 
 
 def repair_non_finite(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,19 +106,55 @@ def repair_non_finite(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return repaired, finite.any(axis=-1)
 
 
+def normalization_statistics(
+    chunks: Iterable[np.ndarray], normalization: str, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-lead ``(offset, scale)`` (float64) so that ``(x - offset) / scale`` is the normalised signal.
+
+    ``chunks`` are consecutive (leads, time) pieces of one signal; the statistics are those of the whole signal,
+    accumulated in float64 (values near the float32 limit do not overflow).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+    count, mean, m2, low, high, n_leads = 0, None, None, math.inf, -math.inf, 0
+    for chunk in chunks:
+        n_leads, size = chunk.shape[0], chunk.shape[-1]
+        if size == 0 or normalization == "none":
+            continue
+        if normalization == "zscore":
+            chunk_mean = chunk.mean(axis=-1, dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                centred = chunk - chunk_mean.astype(chunk.dtype)[:, None]
+                chunk_m2 = np.einsum("lt,lt->l", centred, centred, dtype=np.float64)
+            if not np.isfinite(chunk_m2).all():  # values near the float32 limit: centre in float64
+                centred = chunk.astype(np.float64) - chunk_mean[:, None]
+                chunk_m2 = np.einsum("lt,lt->l", centred, centred)
+            if count == 0:
+                mean, m2 = chunk_mean, chunk_m2
+            else:  # Chan et al.: merge the two partial means and sums of squared deviations
+                delta = chunk_mean - mean
+                total = count + size
+                mean = mean + delta * (size / total)
+                m2 = m2 + chunk_m2 + np.square(delta) * (count * size / total)
+        else:
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        count += size
+    if normalization == "none" or count == 0:
+        return np.zeros(n_leads), np.ones(n_leads)
+    if normalization == "zscore":
+        return mean, np.maximum(np.sqrt(m2 / count), epsilon)
+    return np.full(n_leads, low), np.full(n_leads, max(high - low, epsilon))
+
+
 def normalize_signal(signal: np.ndarray, normalization: str, epsilon: float) -> np.ndarray:
     """Normalise a (present leads, time) signal: per-lead ``"zscore"``, per-record ``"minmax"`` or ``"none"``."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
     if normalization == "none":
         return signal
-    if normalization == "zscore":
-        centred = signal - signal.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
-        var = np.einsum("lt,lt->l", centred, centred, dtype=np.float64) / signal.shape[-1]
-        centred /= np.maximum(np.sqrt(var), epsilon).astype(np.float32)[:, None]
-        return centred
-    if normalization == "minmax":
-        low, high = float(signal.min()), float(signal.max())
-        return ((signal - low) / max(high - low, epsilon)).astype(np.float32, copy=False)
-    raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+    offset, scale = normalization_statistics([signal], normalization, epsilon)
+    values = (np.asarray(signal, dtype=np.float64) - offset[:, None]) / scale[:, None]
+    return values.astype(np.float32)
 
 
 @dataclass
@@ -96,6 +163,17 @@ class _RawRecord:
     signal: np.ndarray  # (leads, time) float32, mV
     sampling_rate: float
     lead_names: list[str] | None
+
+
+@dataclass
+class _PreparedRecord:
+    name: str
+    signal: np.ndarray  # (usable leads, time) float32, mV, non-finite samples repaired
+    finite: np.ndarray | None  # (usable leads, time) bool, None when every sample is finite
+    rows: np.ndarray  # rows of ``input_values`` the usable leads go to
+    leads: list[str]  # their names
+    sampling_rate: float
+    length: int  # samples at the target rate
 
 
 def _is_path(value: Any) -> bool:
@@ -107,6 +185,23 @@ def _check_sampling_rate(rate: Any, name: str) -> None:
         math.isfinite(rate) and rate > 0
     ):
         raise ValueError(f"{name}: sampling_rate must be given as a positive number, got {rate!r}")
+    low, high = ECG_SAMPLING_RATE_RANGE
+    if not low <= rate <= high:
+        raise ValueError(
+            f"{name}: sampling rate {rate:g} Hz is outside the range of ECG recordings ({low:g}-{high:g} Hz)"
+        )
+
+
+def _peak_to_peak(signal: np.ndarray, finite: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per lead: whether any sample is finite, and the peak-to-peak amplitude (float64) of the finite samples."""
+    if signal.shape[-1] == 0:
+        return np.zeros(signal.shape[0], bool), np.zeros(signal.shape[0])
+    if finite is None:
+        return np.ones(signal.shape[0], bool), signal.max(-1).astype(np.float64) - signal.min(-1).astype(np.float64)
+    has = finite.any(-1)
+    high = np.where(finite, signal, -np.inf).max(-1).astype(np.float64)
+    low = np.where(finite, signal, np.inf).min(-1).astype(np.float64)
+    return has, np.where(has, high - low, 0.0)
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -138,7 +233,8 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         window_stride: stride in samples between test-time windows (``crop="windows"``).
         num_windows: number of test-time windows.
         padding_value: value of padded time samples.
-        epsilon: smallest scale divided by in normalisation, so flat leads stay finite (zeros).
+        epsilon: smallest scale divided by in normalisation, and the peak-to-peak amplitude (mV) at or below
+            which a lead counts as flat (lead off) and is marked absent.
     """
 
     model_input_names = ["input_values", "lead_mask"]
@@ -221,13 +317,20 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
 
         Returns:
             ``BatchFeature`` with ``input_values`` float32 (batch, leads, time) — (batch, windows, leads, time) for
-            ``crop="windows"`` —, ``lead_mask`` bool (batch, leads) and ``attention_mask`` int64 (batch, time) or
-            (batch, windows, time), 1 for real samples and 0 for padding.
+            ``crop="windows"`` —, ``lead_mask`` bool (batch, leads) — (batch, windows, leads) for
+            ``crop="windows"``: presence is decided in each returned window — and ``attention_mask`` int64
+            (batch, time) or (batch, windows, time), 1 for real samples and 0 for padding.
 
         Raises:
             ValueError: naming the record (file path, or ``record i of the batch`` counting from 0) on any bad
-                input: wrong rank or shape, missing or non-positive sampling rate, unknown or duplicate lead
-                names, lead-name count not matching the rows, too short a record, no usable lead, unreadable file.
+                input: wrong rank or shape, missing, non-positive or implausible (outside
+                ``ECG_SAMPLING_RATE_RANGE``) sampling rate, unknown or duplicate lead names, lead-name count not
+                matching the rows, too short a record (after resampling), no usable lead (every lead NaN or flat,
+                in the record or in a returned window), values beyond float32, unreadable or rejected file (see
+                :func:`read_ecg_record`).
+
+        Warns:
+            LeadOffWarning: for each record with a lead that is flat (constant) over the record or a window.
         """
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -236,16 +339,23 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         if crop == "windows" and self.crop_length is None:
             raise ValueError("crop='windows' needs crop_length to be set")
         records = self._collect_records(ecg, sampling_rate, lead_names, layout)
-        selected = [self._select_leads(rec) for rec in records]
-        signals = self._resample(records, [signal for signal, _ in selected])
-        prepared = [self._finish_record(rec, sig, rows) for rec, sig, (_, rows) in zip(records, signals, selected)]
-        values = [p[0] for p in prepared]
-        lead_mask = np.stack([p[1] for p in prepared])
+        prepared = []
+        for record in records:  # a loop, not a comprehension: warnings point at the caller
+            prepared.append(self._prepare(record))
+        out_len, starts = self._window_starts([p.length for p in prepared], crop, seed)
+        spans = [self._span(p.length, record_starts, out_len) for p, record_starts in zip(prepared, starts)]
+        resampled = self._resample_spans(prepared, spans)
 
-        if crop == "windows":
-            input_values, attention_mask = self._windows(values)
-        else:
-            input_values, attention_mask = self._crop(values, crop, seed)
+        n_windows = len(starts[0])
+        input_values = np.full((len(prepared), n_windows, self.num_leads, out_len), self.padding_value, np.float32)
+        attention_mask = np.zeros((len(prepared), n_windows, out_len), dtype=np.int64)
+        lead_mask = np.zeros((len(prepared), n_windows, self.num_leads), dtype=bool)
+        for b, (record, record_starts, (span_start, _), values) in enumerate(zip(prepared, starts, spans, resampled)):
+            self._place_windows(
+                record, record_starts, out_len, values, span_start, input_values[b], attention_mask[b], lead_mask[b]
+            )
+        if crop != "windows":
+            input_values, attention_mask, lead_mask = input_values[:, 0], attention_mask[:, 0], lead_mask[:, 0]
         data = {"input_values": input_values, "lead_mask": lead_mask, "attention_mask": attention_mask}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
@@ -354,7 +464,7 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
     # ------------------------------------------------------------------------------------------- per record
 
     def _select_leads(self, record: _RawRecord) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the configured leads present in ``record``, NaN/Inf-repaired, and their target rows."""
+        """Rows of the configured leads present in ``record`` and the rows of ``input_values`` they go to."""
         target_rows = np.arange(self.num_leads)
         if record.lead_names is None:
             source_rows = target_rows
@@ -382,80 +492,165 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         signal = record.signal
         if not (len(source_rows) == signal.shape[0] and np.array_equal(source_rows, np.arange(signal.shape[0]))):
             signal = signal[source_rows]
-
-        signal, usable = repair_non_finite(signal)
-        if not usable.all():
-            signal, target_rows = signal[usable], target_rows[usable]
-            if len(target_rows) == 0:
-                raise ValueError(f"{record.name}: every lead is entirely NaN/Inf; no usable signal")
         return signal, target_rows
 
-    def _resample(self, records: list[_RawRecord], signals: list[np.ndarray]) -> list[np.ndarray]:
-        """Resample every signal to ``self.sampling_rate``; records sharing rate and length go in one call."""
+    def _prepare(self, record: _RawRecord) -> _PreparedRecord:
+        """Select and repair the leads, drop the unusable ones (all NaN, or flat), check the resampled length."""
+        signal, rows = self._select_leads(record)
+        try:
+            length = resampled_length(signal.shape[-1], record.sampling_rate, self.sampling_rate)
+        except ValueError as err:
+            raise ValueError(f"{record.name}: {err}") from None
+        if length < self.min_length:
+            raise ValueError(
+                f"{record.name}: {signal.shape[-1]} samples at {record.sampling_rate:g} Hz give "
+                f"{length} samples at {self.sampling_rate:g} Hz, shorter than min_length={self.min_length}"
+            )
+        finite = np.isfinite(signal)
+        if finite.all():
+            finite = None
+        else:
+            signal, _ = repair_non_finite(signal)
+        has_finite, peak_to_peak = _peak_to_peak(signal, finite)
+        if not has_finite.any():
+            raise ValueError(f"{record.name}: every lead is entirely NaN/Inf; no usable signal")
+        flat = has_finite & (peak_to_peak <= self.epsilon)
+        usable = has_finite & ~flat
+        names = [self.lead_names[r] for r in rows]
+        # An all-zero lead is how datasets store a lead that was not recorded: absent without a warning.
+        lead_off = flat & (np.abs(signal).max(-1) > 0) if flat.any() else flat
+        if lead_off.any():
+            flat_names = [n for n, f in zip(names, lead_off) if f]
+            warnings.warn(
+                f"{record.name}: lead(s) {flat_names} are flat (constant) over the whole record (lead off?); "
+                "they are marked absent in lead_mask",
+                LeadOffWarning,
+                stacklevel=3,
+            )
+        if not usable.any():
+            missing = [n for n, h in zip(names, has_finite) if not h]
+            raise ValueError(
+                f"{record.name}: no usable lead: leads {[n for n, f in zip(names, flat) if f]} are flat (constant)"
+                + (f" and {missing} entirely NaN/Inf" if missing else "")
+            )
+        if not usable.all():
+            signal, rows = signal[usable], rows[usable]
+            finite = None if finite is None else finite[usable]
+            names = [n for n, u in zip(names, usable) if u]
+        return _PreparedRecord(record.name, signal, finite, rows, names, record.sampling_rate, length)
+
+    def _window_starts(self, lengths: list[int], crop: str, seed: SeedLike) -> tuple[int, list[list[int]]]:
+        """Output length and, per record, the start of each returned window (samples at the target rate)."""
+        if crop == "windows":
+            starts = [w * self.window_stride for w in range(self.num_windows)]
+            return self.crop_length, [list(starts) for _ in lengths]
+        if crop == "none" or self.crop_length is None:
+            return max(lengths), [[0] for _ in lengths]
+        out_len = self.crop_length
+        if crop == "center":
+            return out_len, [[max(n - out_len, 0) // 2] for n in lengths]
+        draw = self._start_sampler(seed)
+        return out_len, [[draw(n - out_len) if n > out_len else 0] for n in lengths]
+
+    @staticmethod
+    def _span(length: int, starts: list[int], out_len: int) -> tuple[int, int]:
+        """The samples (at the target rate) that the windows of one record take from it."""
+        real = [(s, min(s + out_len, length)) for s in starts if s < length]
+        return min(s for s, _ in real), max(e for _, e in real)
+
+    def _resample_spans(self, prepared: list[_PreparedRecord], spans: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Per record: the normalised float64 values of ``span`` at the target rate, usable leads only.
+
+        Records up to ``STATISTICS_CHUNK`` samples are resampled whole (records sharing rate and length in one
+        call); longer ones have their statistics gathered piece by piece and only the span resampled.
+        """
+        target = self.sampling_rate
+        out: list[np.ndarray | None] = [None] * len(prepared)
         groups: dict[tuple[float, int], list[int]] = {}
-        for i, (record, signal) in enumerate(zip(records, signals)):
-            if record.sampling_rate != self.sampling_rate:
-                groups.setdefault((record.sampling_rate, signal.shape[-1]), []).append(i)
-        out = list(signals)
+        for i, record in enumerate(prepared):
+            start, stop = spans[i]
+            if record.sampling_rate == target and record.length <= STATISTICS_CHUNK:
+                out[i] = self._normalize(record.signal[:, start:stop], [record.signal])
+            elif record.length <= STATISTICS_CHUNK:
+                groups.setdefault((record.sampling_rate, record.signal.shape[-1]), []).append(i)
+            else:
+                chunks = resampled_chunks(record.signal, record.sampling_rate, target, STATISTICS_CHUNK)
+                values = resample_window(record.signal, record.sampling_rate, target, start, stop)
+                out[i] = self._normalize(values, chunks)
         for (rate, _), members in groups.items():
-            stacked = np.concatenate([signals[i] for i in members]) if len(members) > 1 else signals[members[0]]
-            resampled = resample_signal(stacked, rate, self.sampling_rate)
-            splits = np.cumsum([signals[i].shape[0] for i in members])[:-1]
+            stacked = np.concatenate([prepared[i].signal for i in members]) if len(members) > 1 else (
+                prepared[members[0]].signal
+            )
+            resampled = resample_window(stacked, rate, target, 0, prepared[members[0]].length)
+            splits = np.cumsum([prepared[i].signal.shape[0] for i in members])[:-1]
             for i, part in zip(members, np.split(resampled, splits)):
-                out[i] = part
+                start, stop = spans[i]
+                out[i] = self._normalize(part[:, start:stop], [part])
         return out
 
-    def _finish_record(self, record: _RawRecord, signal: np.ndarray, target_rows: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """Check the length, normalise and place the present leads; returns ((leads, time) float32, lead mask)."""
-        if signal.shape[-1] < self.min_length:
-            raise ValueError(
-                f"{record.name}: {record.signal.shape[-1]} samples at {record.sampling_rate:g} Hz give "
-                f"{signal.shape[-1]} samples at {self.sampling_rate:g} Hz, shorter than min_length={self.min_length}"
+    def _normalize(self, values: np.ndarray, chunks: Iterable[np.ndarray]) -> np.ndarray:
+        """``values`` (float64) normalised with the statistics of the whole record, given in consecutive ``chunks``."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.normalization == "none":
+            return values
+        offset, scale = normalization_statistics(chunks, self.normalization, self.epsilon)
+        return (values - offset[:, None]) / scale[:, None]
+
+    def _place_windows(
+        self,
+        record: _PreparedRecord,
+        starts: list[int],
+        out_len: int,
+        values: np.ndarray,
+        span_start: int,
+        input_values: np.ndarray,
+        attention_mask: np.ndarray,
+        lead_mask: np.ndarray,
+    ) -> None:
+        """Write each window of one record, with the leads present in that window, into the output arrays."""
+        up, down = resampling_factors(record.sampling_rate, self.sampling_rate)
+        n_source = record.signal.shape[-1]
+        flat_in: list[str] = []
+        for w, start in enumerate(starts):
+            stop = min(start + out_len, record.length)
+            if stop <= start:
+                continue  # a window past the end of the record: all padding
+            # The source samples that fall inside the window; at least the one nearest its start.
+            first, last = min(-(-start * down // up), n_source), min(-(-stop * down // up), n_source)
+            if last <= first:
+                first = min(start * down // up, n_source - 1)
+                last = first + 1
+            finite = None if record.finite is None else record.finite[:, first:last]
+            has_finite, peak_to_peak = _peak_to_peak(record.signal[:, first:last], finite)
+            present = has_finite & (peak_to_peak > self.epsilon)
+            flat = has_finite & ~present
+            if flat.any():
+                flat_in.append(f"{[n for n, f in zip(record.leads, flat) if f]} in samples {start}-{stop}")
+            if not present.any():
+                raise ValueError(
+                    f"{record.name}: no usable lead in the returned samples {start}-{stop} at "
+                    f"{self.sampling_rate:g} Hz: leads {record.leads} are flat or NaN/Inf there"
+                )
+            with np.errstate(over="ignore"):
+                window = values[present, start - span_start : stop - span_start].astype(np.float32)
+            if not np.isfinite(window).all():
+                raise ValueError(
+                    f"{record.name}: values do not fit float32 after normalization={self.normalization!r} "
+                    f"(largest magnitude {np.abs(values[present]).max():.3g}); check the record's units and gain"
+                )
+            input_values[w, :, : stop - start] = 0.0
+            input_values[w, record.rows[present], : stop - start] = window
+            attention_mask[w, : stop - start] = 1
+            lead_mask[w, record.rows[present]] = True
+        if flat_in:
+            warnings.warn(
+                f"{record.name}: lead(s) flat (lead off?) at {self.sampling_rate:g} Hz: {'; '.join(flat_in)}; "
+                "marked absent in lead_mask there",
+                LeadOffWarning,
+                stacklevel=3,
             )
-        signal = normalize_signal(signal, self.normalization, self.epsilon)
-        if len(target_rows) == self.num_leads:
-            values = np.ascontiguousarray(signal, dtype=np.float32)
-        else:
-            values = np.zeros((self.num_leads, signal.shape[-1]), dtype=np.float32)
-            values[target_rows] = signal
-        lead_mask = np.zeros(self.num_leads, dtype=bool)
-        lead_mask[target_rows] = True
-        return values, lead_mask
 
     # ------------------------------------------------------------------------------------------------ length
-
-    def _crop(self, values: list[np.ndarray], crop: str, seed: SeedLike) -> tuple[np.ndarray, np.ndarray]:
-        lengths = [v.shape[-1] for v in values]
-        if crop == "none" or self.crop_length is None:
-            out_len, starts = max(lengths), [0] * len(values)
-        elif crop == "center":
-            out_len = self.crop_length
-            starts = [max(n - out_len, 0) // 2 for n in lengths]
-        else:
-            out_len = self.crop_length
-            draw = self._start_sampler(seed)
-            starts = [draw(n - out_len) if n > out_len else 0 for n in lengths]
-
-        input_values = np.full((len(values), self.num_leads, out_len), self.padding_value, dtype=np.float32)
-        attention_mask = np.zeros((len(values), out_len), dtype=np.int64)
-        for b, (v, start) in enumerate(zip(values, starts)):
-            piece = v[:, start : start + out_len]
-            input_values[b, :, : piece.shape[-1]] = piece
-            attention_mask[b, : piece.shape[-1]] = 1
-        return input_values, attention_mask
-
-    def _windows(self, values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        length, n_windows = self.crop_length, self.num_windows
-        shape = (len(values), n_windows, self.num_leads, length)
-        input_values = np.full(shape, self.padding_value, dtype=np.float32)
-        attention_mask = np.zeros((len(values), n_windows, length), dtype=np.int64)
-        for b, v in enumerate(values):
-            for w in range(n_windows):
-                piece = v[:, w * self.window_stride : w * self.window_stride + length]
-                input_values[b, w, :, : piece.shape[-1]] = piece
-                attention_mask[b, w, : piece.shape[-1]] = 1
-        return input_values, attention_mask
 
     @staticmethod
     def _start_sampler(seed: SeedLike):

@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from cardiomm.processing.ecg_records import STANDARD_12_LEADS, read_ecg_record, resample_signal
-from cardiomm.processing.feature_extraction_ecg import ECGFeatureExtractor, normalize_signal, repair_non_finite
+from cardiomm.processing.feature_extraction_ecg import (
+    ECGFeatureExtractor,
+    LeadOffWarning,
+    normalize_signal,
+    repair_non_finite,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,22 +245,25 @@ def test_all_nan_lead_becomes_absent():
 
 def test_normalisation_definitions_over_present_leads():
     signal = _synthetic()
-    signal[3] = 0.25  # flat lead
+    signal[3] = 0.25  # flat lead: lead off, absent
     names = list(STANDARD_12_LEADS[:10])  # V5, V6 absent
-    z = ECGFeatureExtractor()(signal[:10], sampling_rate=500, lead_names=names, crop="none", return_tensors="np")
+    with pytest.warns(LeadOffWarning, match="aVR"):
+        z = ECGFeatureExtractor()(signal[:10], sampling_rate=500, lead_names=names, crop="none", return_tensors="np")
     zv = z["input_values"][0]
+    assert z["lead_mask"][0].tolist() == [k < 10 and k != 3 for k in range(12)]
     assert np.isfinite(zv).all() and (zv[3] == 0).all() and (zv[10:] == 0).all()
     present = [k for k in range(10) if k != 3]
     np.testing.assert_allclose(zv[present].mean(-1), 0.0, atol=1e-5)
     np.testing.assert_allclose(zv[present].std(-1), 1.0, atol=1e-4)
 
-    m = ECGFeatureExtractor(normalization="minmax")(
-        signal[:10], sampling_rate=500, lead_names=names, crop="none", return_tensors="np"
-    )["input_values"][0]
+    with pytest.warns(LeadOffWarning):
+        m = ECGFeatureExtractor(normalization="minmax")(
+            signal[:10], sampling_rate=500, lead_names=names, crop="none", return_tensors="np"
+        )["input_values"][0]
     assert m[:10].min() == 0.0 and m[:10].max() == pytest.approx(1.0)
-    assert (m[10:] == 0).all()
-    raw = signal[:10]
-    np.testing.assert_allclose(m[:10], (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
+    assert (m[3] == 0).all() and (m[10:] == 0).all()
+    raw = signal[present]  # the range is that of the present leads
+    np.testing.assert_allclose(m[present], (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
     flat = normalize_signal(np.full((2, 50), 3.0, np.float32), "minmax", 1e-6)
     assert (flat == 0).all()
 

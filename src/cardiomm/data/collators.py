@@ -44,7 +44,11 @@ class ECGCollator:
             _stack_ecg(rows), sampling_rate=self.sampling_rate, lead_names=self.lead_names, crop=self.crop,
             return_tensors="pt",
         )
-        lead_mask = out["lead_mask"].bool() & _dataset_lead_mask(rows, out["lead_mask"].shape[-1])
+        lead_mask = out["lead_mask"].bool()
+        dataset_mask = _dataset_lead_mask(rows, lead_mask.shape[-1])
+        if lead_mask.ndim == 3:  # crop="windows": presence per window, (batch, windows, leads)
+            dataset_mask = dataset_mask[:, None, :]
+        lead_mask = lead_mask & dataset_mask
         return {"input_values": out["input_values"], "lead_mask": lead_mask}
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

@@ -50,9 +50,10 @@ def embed_ecgs(
         rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
         batch = collator(rows)
         x, mask = batch["input_values"].to(device), batch["lead_mask"].to(device)
-        if x.ndim == 4:  # (B, W, L, T): test-time windows
+        if x.ndim == 4:  # (B, W, L, T): test-time windows, lead_mask (B, W, L) per window or (B, L) per record
             b, w = x.shape[:2]
-            emb = embed(input_values=x.flatten(0, 1), lead_mask=mask.repeat_interleave(w, 0)).float()
+            mask = mask.flatten(0, 1) if mask.ndim == 3 else mask.repeat_interleave(w, 0)
+            emb = embed(input_values=x.flatten(0, 1), lead_mask=mask).float()
             emb = torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
             chunks.append(aggregate_windows(emb.reshape(b, w, -1).cpu().numpy(), method="median"))
             continue
