@@ -283,6 +283,10 @@ def test_bad_records_are_skipped_and_reported_in_parallel(tmp_path):
     reasons = {s["record"]: s["reason"] for s in report["skipped"]}
     assert "OSError: simulated unreadable file" == reasons["r0003"]
     assert "inconsistent record" in reasons["r0007"] and "shape" in reasons["r0007"]
+    assert {s["record"]: s["split"] for s in report["skipped"]} == {"r0003": "train", "r0007": "train"}
+    assert report["records_by_split"] == {"train": {"found": 20, "converted": 18, "skipped": 2},
+                                          "test": {"found": 20, "converted": 20, "skipped": 0}}
+    assert report["status"] == "complete" and report["num_found"] == summary.num_found == 40
     data, _ = load_ecg_dataset(tmp_path)
     ids = data["train"]["ecg_id"]
     assert ids == sorted(ids) and "r0003" not in ids  # job order kept across worker processes
@@ -396,7 +400,7 @@ def test_mimic_iv_ecg_reports_skips_measurements_and_streaming(tmp_path):
     report = json.loads((out / REPORT_FILE).read_text())
     reasons = {Path(s["record"]).name: s["reason"] for s in report["skipped"]}
     assert reasons["46261163"].startswith("report has 2 word") and reasons["47212349"] == "empty report"
-    assert "48014216" in reasons["48014216"] and "unreadable" in reasons["48014216"]
+    assert "48014216.dat" in reasons["48014216"]  # the missing signal file is named
     data, info = load_ecg_dataset(out)
     _assert_patient_level(data, ("train", "test"))
     rows = {r["ecg_id"]: r for s in data for r in data[s].with_format("numpy")}

@@ -235,13 +235,16 @@ def convert_challenge(
     skipped: list[SkippedRecord] = []
     records: dict[str, Path] = {}
     for h in headers:
+        if subsets is not None and challenge_subset(h.stem) not in subsets:
+            continue
         if h.stem in records:
             skipped.append(SkippedRecord(str(h.with_suffix("")), f"duplicate record name (kept {records[h.stem]})"))
             continue
-        if subsets is not None and challenge_subset(h.stem) not in subsets:
-            continue
         records[h.stem] = h.with_suffix("")
     names = list(records)[:max_records] if max_records is not None else list(records)
+    if max_records is not None:
+        kept = set(names)
+        skipped = [s for s in skipped if Path(s.record).name in kept]
     if not names:
         raise ValueError(f"{src}: no challenge records (.hea) found" + (f" in subsets {subsets}" if subsets else ""))
     split_of: dict[str, str] = {}

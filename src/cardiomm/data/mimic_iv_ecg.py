@@ -42,6 +42,7 @@ MIMIC_IV_ECG_CITATION = (
     "Gow, B., Pollard, T., Nathanson, L.A., et al. MIMIC-IV-ECG: Diagnostic Electrocardiogram Matched Subset "
     "(version 1.0). PhysioNet (2023)."
 )
+MIMIC_IV_ECG_SAMPLING_RATE = 500  # every record; a header saying otherwise is damaged and the record skipped
 _STRING_COLUMNS = ("cart_id", "bandwidth", "filtering")
 _KEY_COLUMNS = ("subject_id", "study_id", "ecg_time")
 
@@ -193,7 +194,8 @@ def convert_mimic_iv_ecg(
             }
             for c in extra_cols:
                 row[c] = value(columns[c][i], extra[c])
-            yield ConversionJob(paths[i], str(split_of[j]), {"path": str(src / paths[i]), "row": row})
+            data = {"path": str(src / paths[i]), "row": row, "source_sampling_rate": MIMIC_IV_ECG_SAMPLING_RATE}
+            yield ConversionJob(paths[i], str(split_of[j]), data)
 
     return convert_records(
         jobs(),

@@ -39,6 +39,7 @@ from cardiomm.data.conversion import (
     DEFAULT_FRACTIONS,
     ConversionJob,
     ConversionSummary,
+    SkippedRecord,
     convert_records,
     convert_single_ecg_record,
 )
@@ -147,6 +148,19 @@ def _age(value: Any) -> float:
     return 90.0 if age >= 300 else age
 
 
+def _parse_scp_codes(value: Any) -> dict[str, float]:
+    """A record's ``scp_codes`` cell (a Python dict literal) as a dict; ``ValueError`` when it is none."""
+    if not isinstance(value, str):
+        raise ValueError("scp_codes is empty")
+    try:
+        codes = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+        raise ValueError(f"scp_codes {value[:80]!r} is not a Python dict literal ({type(err).__name__})") from None
+    if not isinstance(codes, dict):
+        raise ValueError(f"scp_codes {value[:80]!r} is not a dict")
+    return codes
+
+
 def convert_ptbxl(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -160,16 +174,26 @@ def convert_ptbxl(
     max_records: int | None = None,
     progress: bool = True,
 ) -> ConversionSummary:
-    """Convert PTB-XL at ``src`` into a cardiomm dataset at ``out`` (``folds`` overrides the 8/1/1 fold split)."""
+    """Convert PTB-XL at ``src`` into a cardiomm dataset at ``out`` (``folds`` overrides the 8/1/1 fold split).
+
+    Every row of ``ptbxl_database.csv`` is a record found; one whose metadata cannot be used (no ``strat_fold``,
+    a fold in no split, unparsable ``scp_codes``, no file name) or whose signal file cannot be read (or is not
+    at the rate of its folder: ``records100`` 100 Hz, ``records500`` 500 Hz) is skipped and reported.
+    """
     import pandas as pd
 
     src = Path(src)
+    for name in ("ptbxl_database.csv", "scp_statements.csv"):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src}: no {name} (expected the PTB-XL folder, holding {name} and records100/)")
     database = pd.read_csv(src / "ptbxl_database.csv", index_col="ecg_id").sort_index()
     if max_records is not None:
         database = database.iloc[:max_records]
     statements = read_scp_statements(src / "scp_statements.csv")
     names = {task: labels for task, labels in ptbxl_label_names(statements).items() if labels}
     file_column = "filename_lr" if sampling_rate == 100 else "filename_hr"
+    source_rate = 100 if file_column == "filename_lr" else 500
+    assignment = folds or PTBXL_FOLDS
     info = ECGDatasetInfo(
         name="ptbxl",
         sampling_rate=int(sampling_rate),
@@ -181,39 +205,64 @@ def convert_ptbxl(
         citation=PTBXL_CITATION,
         extra={
             "source_files": file_column,
-            "folds": {k: list(v) for k, v in (folds or PTBXL_FOLDS).items()},
+            "folds": {k: list(v) for k, v in assignment.items()},
             "label_protocol": "all scp_codes statements (any likelihood); super/sub from diagnostic == 1 statements",
             "task_evaluation": "PTB-XL benchmark: evaluate each task on rows with at least one positive label",
         },
     )
-    scp = [ast.literal_eval(s) if isinstance(s, str) else {} for s in database.scp_codes]
-    labels = [ptbxl_labels(codes, statements) for codes in scp]
-    hot = {task: multi_hot([lab[task] for lab in labels], names[task]) for task in names}
     patient_ids = [str(int(p)) if pd.notna(p) else f"ecg{e}" for e, p in zip(database.index, database.patient_id)]
+    strat_folds = pd.to_numeric(database.strat_fold, errors="coerce").to_numpy(dtype=float)
     split_of = np.full(len(database), "", dtype=object)
-    for split, idx in fold_split(database.strat_fold.to_numpy(), folds or PTBXL_FOLDS, patient_ids).items():
+    for split, idx in fold_split(strat_folds, assignment, patient_ids).items():
         split_of[idx] = split
+    skipped: list[SkippedRecord] = []
+    scp: list[dict[str, float] | None] = []
+    for i, (ecg_id, rec) in enumerate(database.iterrows()):
+        reason = None
+        if not np.isfinite(strat_folds[i]):
+            reason = f"ptbxl_database.csv: no strat_fold ({rec.strat_fold!r})"
+        elif not split_of[i]:
+            reason = f"ptbxl_database.csv: strat_fold {rec.strat_fold} is in none of the folds {info.extra['folds']}"
+        elif not isinstance(rec.get(file_column), str) or not rec.get(file_column).strip():
+            reason = f"ptbxl_database.csv: no {file_column}"
+        try:
+            codes = _parse_scp_codes(rec.scp_codes)
+        except ValueError as err:
+            codes, reason = None, reason or f"ptbxl_database.csv: {err}"
+        if reason is not None:
+            skipped.append(SkippedRecord(str(ecg_id), reason, str(split_of[i])))
+            codes = None
+        scp.append(codes)
+    labels = [ptbxl_labels(codes or {}, statements) for codes in scp]
+    hot = {task: multi_hot([lab[task] for lab in labels], names[task]) for task in names}
+
+    def sex(value: Any) -> str:
+        try:
+            return {0: "M", 1: "F"}.get(int(value), "")
+        except (TypeError, ValueError):
+            return ""
 
     def jobs():
         for i, rec in enumerate(database.reset_index().itertuples(index=False)):
-            ecg_id = rec.ecg_id
-            if not split_of[i]:
+            if scp[i] is None:
                 continue
+            ecg_id = rec.ecg_id
             row = {
                 "ecg_id": str(ecg_id),
                 "patient_id": patient_ids[i],
                 "age": _age(rec.age),
-                "sex": {0: "M", 1: "F"}.get(int(rec.sex), "") if pd.notna(rec.sex) else "",
+                "sex": sex(rec.sex),
                 "report": english_report(scp[i], statements),
                 "report_original": str(rec.report).strip() if pd.notna(rec.report) else "",
-                "strat_fold": int(rec.strat_fold),
+                "strat_fold": int(strat_folds[i]),
                 "recording_date": str(rec.recording_date) if pd.notna(rec.recording_date) else "",
                 "scp_codes": json.dumps(scp[i]),
             }
             for task in names:
                 row[label_column(task)] = hot[task][i]
             path = str(src / getattr(rec, file_column))
-            yield ConversionJob(str(ecg_id), str(split_of[i]), {"path": path, "row": row})
+            data = {"path": path, "row": row, "source_sampling_rate": source_rate}
+            yield ConversionJob(str(ecg_id), str(split_of[i]), data)
 
     from datasets import Value
 
@@ -230,8 +279,9 @@ def convert_ptbxl(
         out,
         extra_features=extra,
         num_proc=num_proc,
+        skipped=skipped,
         fractions=fractions,
         seed=seed,
-        num_jobs=int((split_of != "").sum()),
+        num_jobs=sum(codes is not None for codes in scp),
         progress=progress,
     )

@@ -50,12 +50,14 @@ def fold_split(
     """Split records by a fold column (e.g. PTB-XL ``strat_fold``): ``{"train": [1..8], "test": [10]}``.
 
     With ``patient_ids`` given, a patient whose records fall in several folds is moved whole to the split of
-    their first record, so the result stays patient-level even for datasets with duplicate patients.
+    their first record, so the result stays patient-level even for datasets with duplicate patients. Records
+    whose fold is missing (NaN, None), not a whole number, or in no split of ``assignment`` are in no split.
     """
-    folds = np.asarray(folds)
     split_of_fold = {int(f): name for name, fs in assignment.items() for f in fs}
     names = list(assignment)
-    record_split = np.array([names.index(split_of_fold[int(f)]) if int(f) in split_of_fold else -1 for f in folds])
+    record_split = np.array(
+        [names.index(split_of_fold[f]) if (f := _fold_number(v)) in split_of_fold else -1 for v in folds], dtype=int
+    )
     if patient_ids is not None:
         ids = np.asarray(patient_ids).astype(str)
         first: dict[str, int] = {}
@@ -64,6 +66,15 @@ def fold_split(
                 first.setdefault(pid, record_split[i])
         record_split = np.array([first.get(pid, -1) if s >= 0 else -1 for pid, s in zip(ids, record_split)])
     return {name: np.flatnonzero(record_split == k) for k, name in enumerate(names)}
+
+
+def _fold_number(value) -> int | None:
+    """``value`` as a fold number, or None when it is missing or not a whole number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if np.isfinite(number) and number == int(number) else None
 
 
 def stratified_fraction(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:

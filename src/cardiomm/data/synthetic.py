@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .ecg_dataset import ECGDatasetInfo, ecg_features, label_column, multi_hot, save_ecg_dataset
+from .ecg_dataset import METADATA_FILE, ECGDatasetInfo, ecg_features, label_column, multi_hot, save_ecg_dataset
 from .splits import DEFAULT_SPLIT_FRACTIONS, patient_level_split
 from .synthetic_ecg import (
     RHYTHMS,
@@ -982,6 +982,26 @@ def save_synthetic_dataset(cohort: SyntheticCohort, out_dir: str | os.PathLike, 
     return save_ecg_dataset(dataset, out_dir, synthetic_dataset_info(cohort))
 
 
+def _remove_earlier_splits(out_dir: str | os.PathLike) -> None:
+    """Remove the Parquet splits of a dataset saved earlier in ``out_dir``, so that none outlives the new one
+    (a cohort with fewer patients may have fewer splits); Parquet files of no cardiomm dataset are refused."""
+    data = Path(out_dir) / "data"
+    earlier = sorted(data.glob("*.parquet")) if data.is_dir() else []
+    if earlier and not (Path(out_dir) / METADATA_FILE).is_file():
+        raise ValueError(
+            f"{out_dir}: data/ holds Parquet files of no cardiomm dataset (no {METADATA_FILE}); refusing to delete "
+            "them. Choose a new or empty output folder, or remove them yourself."
+        )
+    for path in earlier:
+        path.unlink()
+
+
+def _non_empty_splits(dataset: DatasetDict) -> DatasetDict:
+    """The splits that hold rows: a tiny cohort may leave one without patients, and an empty Parquet split
+    cannot be loaded back."""
+    return type(dataset)({name: split for name, split in dataset.items() if len(split)})
+
+
 def synthesize(
     n_patients: int,
     out_dir: str | os.PathLike,
@@ -996,7 +1016,8 @@ def synthesize(
 ) -> Path:
     """Generate a cohort and save it as a cardiomm dataset folder (the ``cardiomm data synth`` command).
 
-    Writes Parquet splits + ``cardiomm_dataset.json`` under ``out_dir`` (:func:`save_ecg_dataset` layout)
+    Writes Parquet splits (those that hold patients: a tiny cohort can leave one empty) + ``cardiomm_dataset.json``
+    under ``out_dir`` (:func:`save_ecg_dataset` layout)
     and, with ``write_wfdb_files``, the WFDB records and CSV tables under ``out_dir/wfdb``
     (:func:`write_wfdb`). ``measure`` delineates every ECG with ``num_proc`` processes. Returns ``out_dir``.
     """
@@ -1010,9 +1031,10 @@ def synthesize(
     )
     steps.update()
     steps.set_postfix_str("building dataset")
-    dataset = build_dataset(cohort, include_ehr=include_ehr)
+    dataset = _non_empty_splits(build_dataset(cohort, include_ehr=include_ehr))
     steps.update()
     steps.set_postfix_str("saving")
+    _remove_earlier_splits(out_dir)
     out = save_ecg_dataset(dataset, out_dir, synthetic_dataset_info(cohort))
     steps.update()
     if write_wfdb_files:
