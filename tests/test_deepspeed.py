@@ -1,7 +1,7 @@
 """The training loop under DeepSpeed ZeRO-2 and ZeRO-3 on CPU (gloo); skipped when deepspeed is not installed.
 
 Each run happens in a fresh Python process (DeepSpeed and Accelerate keep process-wide state). Run as a script,
-``python tests/test_deepspeed.py STAGE OUT`` trains the toy CLIP model with a ``DeepSpeedPlugin``;
+``python tests/test_deepspeed.py STAGE OUT [RESUME_FROM]`` trains the toy CLIP model with a ``DeepSpeedPlugin``;
 ``accelerate launch --config_file scripts/accelerate_zero2.yaml tests/test_deepspeed.py launch OUT`` trains it
 with DeepSpeed set up by the shipped Accelerate config.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -106,6 +107,22 @@ def test_zero_stage_trains_like_plain_accelerate_and_saves_a_reloadable_model(tm
     assert len(eval_losses) == 3 and eval_losses[-1] < eval_losses[0]
 
     reloaded = ToyClipModel.from_pretrained(out)  # ZeRO-3: the full weights were gathered for the save
+
+    # resumed from the mid-epoch checkpoint of step 4 (DeepSpeed's own files, read with weights_only enforced), the
+    # run ends with the same weights, bit for bit
+    resumed_out = tmp_path / f"zero{stage}_resumed"
+    shutil.copytree(out, resumed_out)
+    (resumed_out / "model.safetensors").unlink()
+    resumed = subprocess.run(
+        [sys.executable, __file__, str(stage), str(resumed_out), str(resumed_out / "checkpoints" / "step_000004")],
+        capture_output=True, text=True, timeout=300, env=_env(**single_process),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert json.loads((resumed_out / "run_info.json").read_text())["resumed_from"].endswith("step_000004")
+    again = ToyClipModel.from_pretrained(resumed_out)
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
     expected = _plain_run(tmp_path / "plain")
     for key, value in expected.items():
         assert reloaded.state_dict()[key].shape == value.shape
@@ -154,6 +171,8 @@ if __name__ == "__main__":
     else:
         from accelerate.utils import DeepSpeedPlugin
 
-        stage, output_dir = int(sys.argv[1]), Path(sys.argv[2])
+        stage, output_dir = int(sys.argv[1]), Path(sys.argv[2])  # STAGE OUT [RESUME_FROM]
         plugin = DeepSpeedPlugin(zero_stage=stage, zero3_save_16bit_model=True)
-        _trainer(_model(), _config(output_dir), deepspeed_plugin=plugin).train()
+        config = _config(output_dir)
+        config.resume_from = sys.argv[3] if len(sys.argv) > 3 else None
+        _trainer(_model(), config, deepspeed_plugin=plugin).train()

@@ -31,6 +31,7 @@ from cardiomm.training import (
     decay_parameter_names,
     load_config,
     save_config,
+    verify_checkpoint,
 )
 from cardiomm.training.config import ExperimentConfig
 
@@ -230,6 +231,51 @@ def test_checkpoint_rotation_keeps_last(clip_run) -> None:
     assert sorted(p.name for p in (clip_run["out"] / "checkpoints").iterdir()) == names
     state = json.loads((clip_run["out"] / "checkpoints" / "step_000030" / "trainer_state.json").read_text())
     assert state["global_step"] == 30 and state["epoch"] == 3 and state["batches_in_epoch"] == 6
+    # safetensors and JSON only (nothing that is unpickled on resume), each file's size and hash recorded
+    files = sorted(p.name for p in (clip_run["out"] / "checkpoints" / "step_000030").iterdir())
+    assert files == ["model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+    assert sorted(state["files"]) == ["model.safetensors", "optimizer.safetensors"]
+    assert verify_checkpoint(clip_run["out"] / "checkpoints" / "step_000030")["global_step"] == 30
+
+
+class AugmentedPairs(PairedDataset):
+    """Pairs with random noise drawn from PyTorch's global generator when an item is read."""
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(i)
+        return {**item, "ecg": item["ecg"] + 0.1 * torch.randn(INPUT_DIM)}
+
+
+def jitter_collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Default collation plus a random per-batch scaling of the reports (the global generator again)."""
+    batch = torch.utils.data.default_collate(rows)
+    return {**batch, "text": batch["text"] * (1 + 0.1 * torch.rand(()))}
+
+
+def test_random_augmentation_does_not_depend_on_the_number_of_workers(tmp_path) -> None:
+    """Random draws made while reading and collating depend on (seed, epoch, sample), not on the worker process
+    that made them: 0 and 2 DataLoader workers give bit-identical weights."""
+    results = []
+    for workers in (0, 2):
+        model = make_model()
+        Trainer(model, _config(tmp_path / f"w{workers}", num_workers=workers), AugmentedPairs(64),
+                collate_fn=jitter_collate).train()
+        results.append(_weights(model))
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
+
+
+def test_resume_skips_leftovers_of_a_run_killed_while_saving(tmp_path) -> None:
+    first = Trainer(make_model(), _config(tmp_path, num_epochs=1, save_every_steps=1), PairedDataset(32))
+    first.train()
+    partial = tmp_path / "checkpoints" / ".step_000003.partial"  # a save cut short: never renamed to step_000003
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\0" * 10)
+    resumed = Trainer(make_model(), _config(tmp_path, num_epochs=2, save_every_steps=1, resume_from="latest"),
+                      PairedDataset(32))
+    result = resumed.train()
+    assert result.resumed_from == tmp_path / "checkpoints" / "step_000002" and result.global_step == 4
+    assert not partial.exists()
 
 
 def test_gradient_accumulation_equals_large_batch(tmp_path) -> None:

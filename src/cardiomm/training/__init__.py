@@ -8,8 +8,10 @@ Usage::
     result = Trainer(model, experiment, train_set, collate_fn, eval_dataset=val_set).train()
 """
 
+from .checkpointing import completed_checkpoints, verify_checkpoint
 from .config import ExperimentConfig, TrainingConfig, load_config, save_config
-from .loop import EpochShuffleSampler, Trainer, TrainerState, TrainResult, completed_checkpoints
+from .loop import Trainer, TrainerState, TrainResult
+from .sampling import EpochShuffleSampler
 from .optimization import PlateauScheduleWithWarmup, build_lr_scheduler, build_optimizer, decay_parameter_names
 
 __all__ = [
@@ -26,4 +28,5 @@ __all__ = [
     "decay_parameter_names",
     "load_config",
     "save_config",
+    "verify_checkpoint",
 ]

@@ -9,15 +9,20 @@ An experiment file has the layout::
       output_dir: outputs/merl
       learning_rate: 1.0e-4
       max_steps: 10000
+
+Unknown ``training`` keys are refused here; ``cardiomm pretrain`` also checks every key of ``model`` and ``data``
+(nested tower configurations included) against what its objective accepts (:mod:`cardiomm.training.objectives`),
+with :func:`check_keys`, before anything is built.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,8 @@ class TrainingConfig:
     parameters unused in some batches (multi-task heads, modality encoders absent from a batch).
     ``mixed_precision: auto`` is bf16 on a GPU that supports it, else full precision (or what
     ``accelerate launch`` configured). ``eval_every_steps: null`` evaluates at the end of every epoch.
+    Every random draw of a run derives from ``seed`` (the weights do not depend on ``num_workers``); ``resume_from``
+    is ``"latest"`` (the newest intact checkpoint of ``output_dir``) or a checkpoint folder.
     """
 
     output_dir: str = "outputs/run"
@@ -127,12 +134,16 @@ class TrainingConfig:
 
 @dataclass
 class ExperimentConfig:
-    """A whole experiment file: opaque ``model``/``data``/``evaluation`` sections and the typed ``training``."""
+    """A whole experiment file: opaque ``model``/``data``/``evaluation`` sections and the typed ``training``.
+
+    ``source`` is the file it was read from (named by error messages; not part of the configuration).
+    """
 
     training: TrainingConfig = field(default_factory=TrainingConfig)
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML layout ``{model, data, evaluation, training}`` (empty opaque sections left out)."""
@@ -160,18 +171,26 @@ def resolve_config_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no such experiment file (cardiomm ships: {', '.join(shipped)})")
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read an experiment YAML (``{model, data, evaluation, training}``).
+
+    ``overrides`` are ``SECTION.KEY[.KEY...]=VALUE`` strings (the value is read as YAML) applied on top of the file,
+    e.g. ``training.num_workers=2`` or ``model.ecg.backbone=resnet1d_18``.
 
     Raises:
         ValueError: naming the file and the offending key, for an unknown top-level section, an unknown
-            ``training`` key (with the closest valid name), a wrongly typed value, or a non-mapping document.
+            ``training`` key (with the closest valid name), a wrongly typed value, a malformed override, or a
+            non-mapping document.
     """
     path = resolve_config_path(path)
-    with open(path, encoding="utf-8") as handle:
-        document = yaml.safe_load(handle) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(document, Mapping):
         raise ValueError(f"{path}: the top level must be a mapping with sections {CONFIG_SECTIONS}")
+    document = apply_overrides(document, overrides, source=str(path))
     for key in document:
         if key not in CONFIG_SECTIONS:
             close = difflib.get_close_matches(str(key), CONFIG_SECTIONS, n=1)
@@ -184,7 +203,75 @@ def load_config(path: str | Path) -> ExperimentConfig:
             raise ValueError(f"{path}: section {name!r} must be a mapping, got {type(value).__name__}")
         sections[name] = dict(value)
     training = TrainingConfig.from_dict(sections.pop("training"), source=str(path))
-    return ExperimentConfig(training=training, **sections)
+    return ExperimentConfig(training=training, **sections, source=str(path))
+
+
+def apply_overrides(document: Mapping[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
+    """A copy of an experiment ``document`` with ``SECTION.KEY[.KEY...]=VALUE`` overrides applied (values as YAML)."""
+    document = copy.deepcopy(dict(document))
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        parts = dotted.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ValueError(f"{source}: override {item!r} must look like SECTION.KEY=VALUE (e.g. training.seed=1)")
+        if parts[0] not in CONFIG_SECTIONS:
+            raise ValueError(unknown_key_message(source, "", parts[0], CONFIG_SECTIONS, what="section"))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"{source}: override {item!r}: the value is not valid YAML ({err})") from None
+        node = document
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ValueError(f"{source}: override {item!r}: {where} is not a mapping ({child!r})")
+            node = child
+        node[parts[-1]] = value
+    return document
+
+
+def unknown_key_message(
+    source: str, section: str, key: Any, accepted: Collection[str], what: str = "key", owner: str = ""
+) -> str:
+    """``"<file>: unknown key 'model.ecg.hiden_size' (not accepted by ECGEncoderConfig); did you mean
+    'model.ecg.hidden_size'?"`` (the closest accepted name, or the list of accepted names)."""
+    prefix = f"{section}." if section else ""
+    close = difflib.get_close_matches(str(key), [str(a) for a in accepted], n=1)
+    hint = f"; did you mean {prefix + close[0]!r}?" if close else f" (accepted: {', '.join(sorted(accepted))})"
+    origin = f" (not accepted by {owner})" if owner else ""
+    return f"{source}: unknown {what} {prefix + str(key)!r}{origin}{hint}"
+
+
+def check_keys(
+    values: Mapping[str, Any], accepted: Collection[str], source: str, section: str, owner: str = ""
+) -> None:
+    """Refuse any key of ``values`` (the mapping at ``section``, e.g. ``model.ecg``) that is not ``accepted``;
+    ``owner`` names what defines the accepted keys (a configuration class) in the message.
+
+    Raises:
+        ValueError: one line (:func:`unknown_key_message`) per unknown key.
+    """
+    unknown = [unknown_key_message(source, section, k, accepted, owner=owner) for k in values if k not in accepted]
+    if unknown:
+        raise ValueError("\n".join(unknown))
+
+
+def config_class_parameters(config_class: type) -> set[str]:
+    """The keyword arguments a ``transformers`` configuration class accepts: its fields, their aliases
+    (``attribute_map``) and the generic ``PreTrainedConfig`` keywords (``num_labels``, ``attn_implementation``...)."""
+    names = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
+    if not names:  # a configuration class with a classic __init__
+        import inspect
+
+        names = {
+            name for name, p in inspect.signature(config_class.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+    names |= set(getattr(config_class, "attribute_map", {}) or {})
+    return names | {"num_labels", "attn_implementation", "output_attentions", "name_or_path", "torch_dtype"}
 
 
 def save_config(config: ExperimentConfig | TrainingConfig, path: str | Path) -> Path:

@@ -12,12 +12,21 @@ Output folder::
       run_info.json                    cardiomm / torch / transformers / accelerate versions, world size, ...
       metrics.csv, eval_metrics.csv    training and evaluation metrics
       runs/                            TensorBoard events
-      checkpoints/step_000500/         ``accelerator.save_state`` + trainer_state.json (the last ``keep_last``)
+      checkpoints/step_000500/         model.safetensors, optimizer.safetensors, trainer_state.json (the last
+                                       ``keep_last``; see :mod:`cardiomm.training.checkpointing`)
 
-Resuming (``resume_from="latest"`` or a checkpoint path) restores the model, optimiser, learning-rate schedule,
-random number generators and the position in the data: the same per-epoch shuffling order is replayed (it is
-seeded from ``(seed, epoch)``) and the batches already consumed in the current epoch are skipped, so the resumed
-run follows the uninterrupted one step for step.
+Reproducibility: with the same seed, configuration, data, software and hardware, a run ends with the same weights
+bit for bit, whatever the number of DataLoader workers. The shuffling order of each epoch comes from
+``(seed, epoch)``, every random draw made while reading or collating a sample (crops, masks) from
+``(seed, epoch, sample index)``, and the random generators of the training step (dropout) are reseeded from
+``(seed, epoch, batch position)`` before each micro-batch (see :mod:`cardiomm.training.sampling`).
+
+Resuming (``resume_from="latest"`` or a checkpoint folder) restores the model, the optimiser, the learning-rate
+schedule and the position in the data, then skips the batches already consumed in the current epoch; as nothing
+else carries randomness from one step to the next, a run stopped at any point, even killed mid-epoch, and resumed
+from its last checkpoint ends with exactly the weights of the uninterrupted run. ``latest`` takes the newest
+checkpoint that verifies (damaged ones are skipped with a warning); a damaged checkpoint named explicitly, or no
+intact checkpoint at all, is a ``ValueError`` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -47,17 +57,53 @@ from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
-    set_seed,
 )
-from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
+from .checkpointing import (
+    CHECKPOINT_PREFIX,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    TRAINER_STATE_FILE,
+    DamagedCheckpointError,
+    checkpoint_name,
+    completed_checkpoints,
+    deepspeed_state_classes,
+    find_resumable_checkpoint,
+    partial_folder,
+    publish,
+    read_tensors,
+    remove_partial_checkpoints,
+    state_from_json,
+    state_to_json,
+    verify_checkpoint,
+    weights_only_torch_load,
+    write_trainer_state,
+)
 from .config import ExperimentConfig, TrainingConfig, save_config
 from .optimization import PlateauScheduleWithWarmup, build_lr_scheduler, build_optimizer
+from .sampling import (
+    EpochShuffleSampler,
+    KeyedSampler,
+    SeededCollator,
+    SeededSamples,
+    epoch_seed,
+    sample_seed,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step_"
-TRAINER_STATE_FILE = "trainer_state.json"
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "TRAINER_STATE_FILE",
+    "EpochShuffleSampler",
+    "Trainer",
+    "TrainerState",
+    "TrainResult",
+    "completed_checkpoints",
+    "epoch_seed",
+]
 
 
 @dataclass
@@ -86,34 +132,7 @@ class TrainResult:
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
-
-    Every process draws the same permutation (Accelerate then gives each process its share of the batches), and a
-    resumed run replays exactly the order of the interrupted epoch.
-    """
-
-    def __init__(self, num_samples: int, seed: int) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        yield from torch.randperm(self.num_samples, generator=generator).tolist()
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A seed derived from ``(seed, epoch, stream)``; distinct streams give independent generators."""
-    return (seed * 1_000_003 + epoch * 10_007 + stream * 101) % (2**63 - 1)
+    resumed_from: Path | None = None
 
 
 OutputHook = Callable[[Path], None]
@@ -182,15 +201,16 @@ class Trainer:
         )
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             _fill_deepspeed_auto_values(self.accelerator.state.deepspeed_plugin, cfg)
-        set_seed(cfg.seed)
+        seed_everything(cfg.seed)
 
-        self.train_sampler = EpochShuffleSampler(len(train_dataset), cfg.seed)
+        # samples are read as (epoch, index) keys so that their random draws depend on nothing else
+        self.train_sampler = KeyedSampler(EpochShuffleSampler(len(train_dataset), cfg.seed))
         self._loader_generator = torch.Generator()
         train_loader = DataLoader(
-            train_dataset,
+            SeededSamples(train_dataset, cfg.seed),
             batch_size=cfg.per_device_batch_size,
             sampler=self.train_sampler,
-            collate_fn=collate_fn,
+            collate_fn=SeededCollator(collate_fn, cfg.seed),
             num_workers=cfg.num_workers,
             drop_last=cfg.drop_last,
             pin_memory=torch.cuda.is_available(),
@@ -199,11 +219,11 @@ class Trainer:
         self._eval_generator = torch.Generator()
         eval_loader = None
         if eval_dataset is not None:
-            eval_loader = DataLoader(
-                eval_dataset,
+            eval_loader = DataLoader(  # the same random draws (crops, masks) at every evaluation
+                SeededSamples(eval_dataset, epoch_seed(cfg.seed, 0, stream=2)),
                 batch_size=cfg.per_device_eval_batch_size or cfg.per_device_batch_size,
                 sampler=SequentialSampler(eval_dataset),
-                collate_fn=collate_fn,
+                collate_fn=SeededCollator(collate_fn, epoch_seed(cfg.seed, 0, stream=2)),
                 num_workers=cfg.num_workers,
                 pin_memory=torch.cuda.is_available(),
                 generator=self._eval_generator,
@@ -243,6 +263,7 @@ class Trainer:
         state = self.state
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial_checkpoints(self.checkpoint_dir)
             save_config(self.experiment, self.output_dir / "training_config.yaml")
             self._write_run_info(resumed_from)
             for name in ("metrics.csv", "eval_metrics.csv"):
@@ -262,6 +283,9 @@ class Trainer:
         while not stop:
             loader = self._epoch_loader(state.epoch, state.batches_in_epoch)
             for batch in loader:
+                # the step's own random draws (dropout, ...) depend only on (seed, epoch, batch position)
+                seed_everything(sample_seed(cfg.seed, state.epoch, state.batches_in_epoch,
+                                            stream=16 + accelerator.process_index))
                 with accelerator.accumulate(self.model):
                     outputs = self._forward(batch)
                     loss = _output_loss(outputs)
@@ -314,6 +338,7 @@ class Trainer:
             output_dir=self.output_dir,
             metrics=dict(state.last_metrics),
             stopped_early=state.stopped_early,
+            resumed_from=resumed_from,
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -448,15 +473,39 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def _save_checkpoint(self) -> Path:
-        path = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.state.global_step:06d}"
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process:
-            tmp = path / (TRAINER_STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps(dataclasses.asdict(self.state), indent=2))
-            os.replace(tmp, path / TRAINER_STATE_FILE)  # written last: marks the checkpoint complete
+        """Write ``checkpoints/step_NNNNNN`` atomically (a hidden folder, renamed once complete)."""
+        accelerator = self.accelerator
+        final = self.checkpoint_dir / checkpoint_name(self.state.global_step)
+        partial = partial_folder(self.checkpoint_dir, self.state.global_step)
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            self.model.save_checkpoint(str(partial), "deepspeed")  # every process writes its partitions
+        elif accelerator.is_main_process:
+            from safetensors.torch import save_file, save_model
+
+            save_model(accelerator.unwrap_model(self.model), str(partial / MODEL_FILE))
+            optimizer_tensors: dict[str, torch.Tensor] = {}
+            optimizer_state = state_to_json(self.optimizer.state_dict(), optimizer_tensors, "optimizer")
+            save_file(optimizer_tensors, str(partial / OPTIMIZER_FILE))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            values = dataclasses.asdict(self.state)
+            scheduler_tensors: dict[str, torch.Tensor] = {}
+            values["lr_scheduler"] = state_to_json(self.lr_scheduler.state_dict(), scheduler_tensors, "lr_scheduler")
+            if accelerator.scaler is not None:
+                values["grad_scaler"] = state_to_json(accelerator.scaler.state_dict(), scheduler_tensors, "scaler")
+            if scheduler_tensors:
+                raise TypeError(f"schedule / gradient scaler states hold tensors: {sorted(scheduler_tensors)}")
+            if accelerator.distributed_type != DistributedType.DEEPSPEED:
+                values["optimizer"] = optimizer_state
+            write_trainer_state(partial, values)
+            publish(partial, final)
             self._rotate_checkpoints()
-        self.accelerator.wait_for_everyone()
-        return path
+        accelerator.wait_for_everyone()
+        return final
 
     def _rotate_checkpoints(self) -> None:
         if not self.config.keep_last:
@@ -465,25 +514,59 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _resume(self, spec: str) -> Path | None:
+        """Restore the state saved in a checkpoint (``"latest"``: the newest one that verifies)."""
         if spec == "latest":
-            found = completed_checkpoints(self.checkpoint_dir)
-            if not found:
+            found = find_resumable_checkpoint(self.checkpoint_dir)
+            if found is None:
                 logger.info("resume_from='latest': no checkpoint in %s, starting from scratch", self.checkpoint_dir)
                 return None
-            path = found[-1]
+            path, document = found
         else:
             path = Path(spec)
-            if not (path / TRAINER_STATE_FILE).is_file():
-                raise FileNotFoundError(f"{path} is not a complete checkpoint (no {TRAINER_STATE_FILE})")
-        self.accelerator.load_state(str(path))
-        values = json.loads((path / TRAINER_STATE_FILE).read_text())
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path}: no such checkpoint folder")
+            document = verify_checkpoint(path)
+        self._load_checkpoint(path, document)
         known = {f.name for f in dataclasses.fields(TrainerState)}
-        self.state = TrainerState(**{k: v for k, v in values.items() if k in known})
+        self.state = TrainerState(**{k: v for k, v in document.items() if k in known})
         if self.state.batches_in_epoch >= len(self.train_loader):
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
+        self.accelerator.step = self.state.batches_in_epoch  # position in the gradient-accumulation cycle
         logger.info("resumed from %s at step %d (epoch %d)", path, self.state.global_step, self.state.epoch)
         return path
+
+    def _load_checkpoint(self, path: Path, document: dict[str, Any]) -> None:
+        """Load weights, optimiser, schedule (and gradient scaler) from a verified checkpoint folder."""
+        accelerator = self.accelerator
+        where = path / TRAINER_STATE_FILE
+        try:
+            if accelerator.distributed_type == DistributedType.DEEPSPEED:
+                # DeepSpeed's files are pickles: only tensors, containers and its loss-scaler data are accepted
+                with weights_only_torch_load(deepspeed_state_classes()):
+                    self.model.load_checkpoint(str(path), "deepspeed")
+            else:
+                from safetensors.torch import load_model
+
+                model_file = path / MODEL_FILE
+                read_tensors(model_file)  # a clear error for a file that is not safetensors
+                try:
+                    load_model(accelerator.unwrap_model(self.model), str(model_file), strict=True)
+                except RuntimeError as err:
+                    raise ValueError(f"{model_file}: does not fit the model being trained ({err})") from None
+                if "optimizer" not in document:
+                    raise DamagedCheckpointError(f"{where}: no optimizer state")
+                tensors = read_tensors(path / OPTIMIZER_FILE)
+                optimizer_state = state_from_json(document["optimizer"], tensors, str(path / OPTIMIZER_FILE))
+                try:
+                    self.optimizer.load_state_dict(optimizer_state)
+                except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                    raise ValueError(f"{path / OPTIMIZER_FILE}: does not fit the optimiser ({err})") from None
+            self.lr_scheduler.load_state_dict(state_from_json(document.get("lr_scheduler", {}), {}, str(where)))
+            if accelerator.scaler is not None and "grad_scaler" in document:
+                accelerator.scaler.load_state_dict(state_from_json(document["grad_scaler"], {}, str(where)))
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{path}: refused to load a file of the checkpoint ({err})") from None
 
     def _write_run_info(self, resumed_from: Path | None) -> None:
         import accelerate
@@ -526,19 +609,6 @@ class Trainer:
         if accelerator.is_main_process and self.on_save is not None:
             self.on_save(self.output_dir)
         accelerator.wait_for_everyone()
-
-
-def completed_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (with ``trainer_state.json``) under ``checkpoint_dir``, oldest first."""
-    checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        return []
-    found = [
-        p
-        for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if p.is_dir() and (p / TRAINER_STATE_FILE).is_file() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -31,14 +31,16 @@ EHR paper) are described in :func:`build_ecg_sehr_run`, :func:`build_sehr_ecg_te
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.collators import ECGTextCollator
 from ..data.ecg_dataset import ECGDatasetInfo, METADATA_FILE, load_ecg_dataset
-from .config import ExperimentConfig
+from .config import ExperimentConfig, check_keys, config_class_parameters
 
 OFFLINE_MINILM = "offline-minilm"
 
@@ -342,8 +344,150 @@ OBJECTIVES = {
 
 
 def build_run(experiment: ExperimentConfig) -> PretrainingRun:
-    """Dispatch on ``model.type`` to the objective's builder."""
-    kind = experiment.model.get("type")
+    """Check the experiment's ``model`` and ``data`` sections (:func:`check_experiment`), then dispatch on
+    ``model.type`` to the objective's builder."""
+    check_experiment(experiment)
+    return OBJECTIVES[experiment.model["type"]](experiment)
+
+
+# ------------------------------------------------------------------------------ experiment file keys
+ECG_TEXT_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "text_column", "sampling_rate", "crop_length",
+                      "normalization", "max_text_length")
+ECG_SEHR_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "sampling_rate", "crop_length",
+                      "normalization", "ehr_window_days", "max_codes", "min_code_patients")
+SEHR_ECG_TEXT_DATA_KEYS = ECG_SEHR_DATA_KEYS + ("text_pairing", "text_window_days", "max_text_length")
+SEHR_BERT_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "max_length", "min_code_patients",
+                       "mlm_probability", "window_seed")
+PAIRED_SYNTHETIC_EXTRA_KEYS = ("fractions", "write_wfdb_files", "include_ehr")
+"""Keys of ``data.synthetic`` for the structured-EHR objectives besides :func:`generate_cohort`'s arguments."""
+
+
+def check_experiment(experiment: ExperimentConfig) -> None:
+    """Check every key of the ``model`` and ``data`` sections, nested tower configurations included, against what
+    the objective of ``model.type`` and the configuration classes it builds accept. Nothing is built or read.
+
+    Raises:
+        ValueError: one line per problem, each naming the experiment file, the key's place (e.g.
+            ``model.ecg.hiden_size``) and the closest valid key.
+    """
+    source = experiment.source or "experiment config"
+    model, data = experiment.model, experiment.data
+    kind = model.get("type")
     if kind not in OBJECTIVES:
-        raise ValueError(f"model.type must be one of {sorted(OBJECTIVES)}, got {kind!r}")
-    return OBJECTIVES[kind](experiment)
+        raise ValueError(f"{source}: model.type must be one of {sorted(OBJECTIVES)}, got {kind!r}")
+    from ..modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
+    from ..modeling.configuration_ecg_text import ECGTextDualEncoderConfig
+    from ..modeling.configuration_sehr_bert import SEHRBertConfig
+    from ..modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
+
+    checks: list[Callable[[], None]] = []
+    if kind == "sehr_bert":
+        accepted = {"type", "pretrained"} | config_class_parameters(SEHRBertConfig)
+        checks += [
+            lambda: check_keys(model, accepted, source, "model", owner="SEHRBertConfig or the sehr_bert objective"),
+            lambda: _check_pretrained_alone(model, source, "model", keys=set(model) - {"type"}),
+            *_data_checks(data, SEHR_BERT_DATA_KEYS, source, paired=True, objective=kind),
+        ]
+    else:
+        composite, towers, data_keys, paired = {
+            "ecg_text_dual_encoder": (ECGTextDualEncoderConfig, ("ecg", "text"), ECG_TEXT_DATA_KEYS, False),
+            "ecg_sehr_dual_encoder": (ECGSEHRDualEncoderConfig, ("ecg", "ehr"), ECG_SEHR_DATA_KEYS, True),
+            "sehr_ecg_text": (SEHRECGTextConfig, ("ecg", "ehr", "text"), SEHR_ECG_TEXT_DATA_KEYS, True),
+        }[kind]
+        builder_keys = {"type", *towers} | {f"{tower}_model_kwargs" for tower in towers}
+        if "text" in towers:
+            builder_keys |= {"text_config", "tokenizer"}
+        if kind == "ecg_text_dual_encoder":
+            builder_keys.add("init_from")
+        sub_configs = {f"{tower}_config" for tower in towers}  # built from the tower keys above
+        accepted = builder_keys | (config_class_parameters(composite) - sub_configs)
+        checks += [
+            lambda: check_keys(model, accepted, source, "model", owner=f"{composite.__name__} or the {kind} objective"),
+            lambda: _check_ecg_tower(model.get("ecg"), source),
+        ]
+        if "ehr" in towers:
+            checks.append(lambda: _check_ehr_tower(model.get("ehr"), source))
+        if "text" in towers:
+            checks.append(lambda: _check_text_config(model.get("text_config"), source))
+        checks += _data_checks(data, data_keys, source, paired=paired, objective=kind)
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def _section(value: Any, source: str, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: {where} must be a mapping, got {value!r}")
+    return value
+
+
+def _check_pretrained_alone(values: dict[str, Any], source: str, where: str, keys: set[str]) -> None:
+    if values.get("pretrained") and keys - {"pretrained"}:
+        raise ValueError(
+            f"{source}: {where}.pretrained loads a saved model, whose configuration would override "
+            f"{sorted(keys - {'pretrained'})}; remove them or 'pretrained'"
+        )
+
+
+def _check_ecg_tower(value: Any, source: str) -> None:
+    from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
+
+    ecg = _section(value, source, "model.ecg")
+    check_keys(ecg, config_class_parameters(ECGEncoderConfig) | {"pretrained"}, source, "model.ecg",
+               owner="ECGEncoderConfig")
+    _check_pretrained_alone(ecg, source, "model.ecg", set(ecg))
+
+
+def _check_ehr_tower(value: Any, source: str) -> None:
+    from ..modeling.configuration_sehr_bert import SEHRBertConfig
+
+    ehr = _section(value, source, "model.ehr")
+    check_keys(ehr, config_class_parameters(SEHRBertConfig) | {"pretrained"}, source, "model.ehr",
+               owner="SEHRBertConfig")
+    _check_pretrained_alone(ehr, source, "model.ehr", set(ehr))
+
+
+def _check_text_config(value: Any, source: str) -> None:
+    from transformers import CONFIG_MAPPING
+
+    text_config = _section(value, source, "model.text_config")
+    if not text_config:
+        return
+    model_type = text_config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{source}: model.text_config.model_type must name a transformers model type "
+                         f"(e.g. 'bert'), got {model_type!r}{hint}")
+    accepted = config_class_parameters(CONFIG_MAPPING[model_type]) | {"model_type"}
+    check_keys(text_config, accepted, source, "model.text_config", owner=CONFIG_MAPPING[model_type].__name__)
+
+
+def _data_checks(data: dict[str, Any], keys: tuple[str, ...], source: str, paired: bool,
+                 objective: str) -> list[Callable[[], None]]:
+    """The checks of the ``data`` section and of its ``synthetic`` cohort arguments."""
+    return [
+        lambda: check_keys(data, keys, source, "data", owner=f"the {objective} objective"),
+        lambda: _check_synthetic(data.get("synthetic"), source, paired),
+    ]
+
+
+def _check_synthetic(value: Any, source: str, paired: bool) -> None:
+    import inspect
+
+    from ..data.synthetic import generate_cohort, synthesize
+
+    synthetic = _section(value, source, "data.synthetic")
+    if paired:
+        accepted = set(inspect.signature(generate_cohort).parameters) | set(PAIRED_SYNTHETIC_EXTRA_KEYS)
+    else:
+        accepted = set(inspect.signature(synthesize).parameters) - {"out_dir"}
+    owner = "cardiomm.data.synthetic.generate_cohort" if paired else "cardiomm.data.synthetic.synthesize"
+    check_keys(synthetic, accepted, source, "data.synthetic", owner=owner)

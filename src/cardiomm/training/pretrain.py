@@ -1,14 +1,34 @@
-"""``cardiomm pretrain --config FILE``: build the objective of an experiment file and train it."""
+"""``cardiomm pretrain --config FILE``: build the objective of an experiment file and train it.
+
+What a run guarantees (same experiment file, seed, data, software and hardware; on a GPU, as far as its kernels
+are deterministic):
+
+- **Checked first.** Every key of ``model`` (nested tower configurations included), ``data`` and ``training`` is
+  checked against what the objective and its configuration classes accept before anything is built, read or
+  downloaded; a misspelt key is a ``ValueError`` naming the file, the key's place and the closest valid key.
+- **Reproducible.** Everything is seeded from ``training.seed`` before the model and the data are built, so two
+  runs end with bit-identical weights, whatever ``training.num_workers`` is.
+- **Exact resume.** ``resume_from: latest`` (``--resume-from latest``) continues a run stopped at any point (even
+  killed with SIGKILL in the middle of an epoch) from its newest intact checkpoint and ends with the weights of the
+  uninterrupted run, bit for bit.
+- **Safe checkpoints.** Checkpoints are written atomically and verified (sizes and SHA-256) before use; a damaged
+  newest checkpoint is skipped with a warning naming it, and resuming reads only safetensors and JSON (under
+  DeepSpeed, its own files with ``torch.load(weights_only=True)`` enforced), so it never runs code from the
+  checkpoint folder.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .checkpointing import find_resumable_checkpoint, verify_checkpoint
 from .config import ExperimentConfig, load_config
 from .loop import Trainer, TrainResult
-from .objectives import PretrainingRun, build_run
+from .objectives import PretrainingRun, build_run, check_experiment
+from .sampling import seed_everything
 
 
 def save_preprocessing(run: PretrainingRun, output_dir: str | os.PathLike) -> None:
@@ -25,13 +45,29 @@ def pretrain(config: str | os.PathLike | ExperimentConfig, **overrides: Any) -> 
     """Train the experiment ``config`` (a YAML path or an :class:`ExperimentConfig`) with the shared Trainer.
 
     ``overrides`` replace fields of the ``training`` section (e.g. ``max_steps=10``, ``output_dir=...``). The
-    processor is saved with the final weights so the checkpoint is self-contained.
+    experiment is checked (:func:`~cardiomm.training.objectives.check_experiment`) and every random generator is
+    seeded from ``training.seed`` before the data and the model are built. The processor is saved with the final
+    weights so the checkpoint is self-contained.
+
+    Raises:
+        ValueError: for an unknown key or value in the experiment (naming the file and the key), or a damaged
+            checkpoint to resume from (naming the file and the problem).
     """
     experiment = config if isinstance(config, ExperimentConfig) else load_config(config)
     for key, value in overrides.items():
         if not hasattr(experiment.training, key):
             raise ValueError(f"unknown training override {key!r}")
         setattr(experiment.training, key, value)
+    experiment.training.__post_init__()  # the overridden values are checked too
+    check_experiment(experiment)
+    resume_from = experiment.training.resume_from  # damaged checkpoints are reported before anything is built
+    if resume_from == "latest":
+        find_resumable_checkpoint(Path(experiment.training.output_dir) / "checkpoints", warn=False)
+    elif resume_from:
+        if not Path(resume_from).is_dir():
+            raise FileNotFoundError(f"{resume_from}: no such checkpoint folder")
+        verify_checkpoint(resume_from)
+    seed_everything(experiment.training.seed)  # the model's initial weights depend on the seed only
     run = build_run(experiment)
     trainer = Trainer(
         run.model,
@@ -47,15 +83,19 @@ def pretrain(config: str | os.PathLike | ExperimentConfig, **overrides: Any) -> 
 
 
 def main(config: str | os.PathLike, resume_from: str | None = None, max_steps: int | None = None,
-         output_dir: str | None = None) -> Path:
-    """CLI body of ``cardiomm pretrain``; returns the output folder."""
-    overrides: dict[str, Any] = {}
+         output_dir: str | None = None, overrides: Sequence[str] = ()) -> Path:
+    """CLI body of ``cardiomm pretrain``; ``overrides`` are ``SECTION.KEY=VALUE`` strings. Returns the output
+    folder."""
+    experiment = load_config(config, overrides)
+    training: dict[str, Any] = {}
     if resume_from is not None:
-        overrides["resume_from"] = resume_from
+        training["resume_from"] = resume_from
     if max_steps is not None:
-        overrides["max_steps"] = max_steps
+        training["max_steps"] = max_steps
     if output_dir is not None:
-        overrides["output_dir"] = output_dir
-    result, _ = pretrain(config, **overrides)
+        training["output_dir"] = output_dir
+    result, _ = pretrain(experiment, **training)
+    if result.resumed_from is not None:
+        print(f"resumed from {result.resumed_from}")
     print(f"trained {result.global_step} steps, final loss {result.final_loss:.4f}; saved to {result.output_dir}")
     return Path(result.output_dir)

@@ -1,0 +1,299 @@
+"""Training checkpoints that are written atomically, verified before use and read without running any code.
+
+A checkpoint is a folder ``checkpoints/step_NNNNNN/`` holding
+
+- ``model.safetensors``: the weights (buffers included) of the unwrapped model;
+- ``optimizer.safetensors``: every tensor of the optimiser state;
+- ``trainer_state.json``: where training stands (step, epoch, batches of the epoch consumed, early-stopping and
+  evaluation bookkeeping), the learning-rate schedule, the non-tensor part of the optimiser state, and the size
+  and SHA-256 of every other file of the folder.
+
+Only safetensors and JSON are read back, so resuming never unpickles (and never runs) anything from the folder.
+Under DeepSpeed the engine writes its own partitioned files instead of the two ``.safetensors`` files; they are
+read with ``torch.load(weights_only=True)`` enforced, which refuses arbitrary objects.
+
+The folder is first written as ``checkpoints/.step_NNNNNN.partial`` and renamed when complete, so a run killed
+while saving never leaves a half-written checkpoint under a ``step_`` name; :func:`find_resumable_checkpoint`
+still checks every file against the sizes and hashes recorded in ``trainer_state.json`` and falls back to the
+newest checkpoint that verifies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step_"
+TRAINER_STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+CHECKPOINT_FORMAT = 1
+PARTIAL_SUFFIX = ".partial"
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint folder that is incomplete, truncated, altered or not a cardiomm checkpoint."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def state_to_json(tree: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """A JSON-ready copy of a nested state (``state_dict`` of an optimiser, a schedule, ...): tensors are moved to
+    ``tensors`` under ``prefix`` names and referenced by name; tuples and non-string dict keys are kept."""
+    if isinstance(tree, torch.Tensor):
+        name = prefix
+        tensor = tree.detach().cpu().contiguous()
+        if any(t.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr() for t in tensors.values()):
+            tensor = tensor.clone()  # safetensors refuses tensors that share memory
+        tensors[name] = tensor
+        return {"__tensor__": name}
+    if isinstance(tree, Mapping):
+        return {"__dict__": [[_json_key(key, prefix), state_to_json(value, tensors, f"{prefix}.{key}")]
+                             for key, value in tree.items()]}
+    if isinstance(tree, tuple):
+        return {"__tuple__": [state_to_json(v, tensors, f"{prefix}.{i}") for i, v in enumerate(tree)]}
+    if isinstance(tree, list):
+        return [state_to_json(v, tensors, f"{prefix}.{i}") for i, v in enumerate(tree)]
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    raise TypeError(f"cannot store {prefix} ({type(tree).__name__}) in a checkpoint: only tensors, numbers, "
+                    "strings, lists, tuples and dicts are stored")
+
+
+def state_from_json(tree: Any, tensors: Mapping[str, torch.Tensor], where: str) -> Any:
+    """Inverse of :func:`state_to_json`."""
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            name = tree["__tensor__"]
+            if name not in tensors:
+                raise DamagedCheckpointError(f"{where}: tensor {name!r} is missing")
+            return tensors[name]
+        if set(tree) == {"__tuple__"}:
+            return tuple(state_from_json(v, tensors, where) for v in tree["__tuple__"])
+        if set(tree) == {"__dict__"}:
+            return {key: state_from_json(value, tensors, where) for key, value in tree["__dict__"]}
+        raise DamagedCheckpointError(f"{where}: unexpected entry {sorted(tree)}")
+    if isinstance(tree, list):
+        return [state_from_json(v, tensors, where) for v in tree]
+    return tree
+
+
+def _json_key(key: Any, where: str) -> str | int:
+    if isinstance(key, (str, int)) and not isinstance(key, bool):
+        return key
+    raise TypeError(f"cannot store the key {key!r} of {where} in a checkpoint")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def completed_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """Checkpoint folders (``step_NNNNNN`` with ``trainer_state.json``) under ``checkpoint_dir``, oldest first.
+
+    They are complete as far as their names go (folders are renamed once written); :func:`verify_checkpoint`
+    checks their content.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [
+        p
+        for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and (p / TRAINER_STATE_FILE).is_file() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def partial_folder(checkpoint_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before it is renamed to its final name."""
+    return checkpoint_dir / f".{checkpoint_name(step)}{PARTIAL_SUFFIX}"
+
+
+def remove_partial_checkpoints(checkpoint_dir: Path) -> None:
+    """Delete folders left by a run killed while saving."""
+    if checkpoint_dir.is_dir():
+        for leftover in checkpoint_dir.glob(f".{CHECKPOINT_PREFIX}*{PARTIAL_SUFFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_trainer_state(folder: Path, values: dict[str, Any]) -> None:
+    """Write ``trainer_state.json`` with the size and SHA-256 of every other file of ``folder``, flushed to disk."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative != TRAINER_STATE_FILE:
+            _fsync(path)
+            files[relative] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    document = {"format": CHECKPOINT_FORMAT, **values, "files": files}
+    target = folder / TRAINER_STATE_FILE
+    with open(target, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Rename a fully written checkpoint folder to its final name (replacing a folder of the same name)."""
+    _fsync_dir(partial)
+    if final.exists():
+        stale = final.with_name(f".{final.name}.replaced{PARTIAL_SUFFIX}")
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(final, stale)
+        os.replace(partial, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(partial, final)
+    _fsync_dir(final.parent)
+
+
+def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """Read ``trainer_state.json`` of ``folder`` and check every file it lists (size and SHA-256).
+
+    Returns:
+        the parsed ``trainer_state.json``.
+
+    Raises:
+        DamagedCheckpointError: naming the file and what is wrong with it.
+    """
+    folder = Path(folder)
+    state_file = folder / TRAINER_STATE_FILE
+    if not folder.is_dir():
+        raise DamagedCheckpointError(f"{folder}: no such checkpoint folder")
+    if not state_file.is_file():
+        raise DamagedCheckpointError(f"{state_file}: missing, {folder} is not a complete checkpoint")
+    try:
+        document = json.loads(state_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpointError(f"{state_file}: not valid JSON ({err})") from None
+    if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise DamagedCheckpointError(
+            f"{state_file}: not a cardiomm checkpoint of format {CHECKPOINT_FORMAT} (format: {found!r}); "
+            "such a folder cannot be resumed safely"
+        )
+    files = document.get("files")
+    if not isinstance(files, dict):
+        raise DamagedCheckpointError(f"{state_file}: no 'files' list of the checkpoint's files")
+    for relative, expected in files.items():
+        if not isinstance(expected, dict) or Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise DamagedCheckpointError(f"{state_file}: invalid entry {relative!r} in its list of files")
+        path = folder / relative
+        if not path.is_file():
+            raise DamagedCheckpointError(f"{path}: missing from the checkpoint")
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            raise DamagedCheckpointError(
+                f"{path}: {size} bytes where {expected.get('bytes')} were written (truncated or altered)"
+            )
+        if _sha256(path) != expected.get("sha256"):
+            raise DamagedCheckpointError(f"{path}: content differs from what was written (SHA-256 mismatch)")
+        if path.suffix == ".safetensors":
+            _check_safetensors_header(path)
+    return document
+
+
+def find_resumable_checkpoint(checkpoint_dir: Path, warn: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint under ``checkpoint_dir`` that verifies, with its ``trainer_state.json``.
+
+    Damaged checkpoints are skipped, with a warning naming them and the problem when ``warn``; ``None`` when there
+    is no checkpoint at all.
+
+    Raises:
+        ValueError: when checkpoints exist but none verifies (each is named with its problem).
+    """
+    candidates = sorted(
+        (p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()),
+        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
+        reverse=True,
+    ) if checkpoint_dir.is_dir() else []
+    problems = []
+    for folder in candidates:
+        try:
+            return folder, verify_checkpoint(folder)
+        except DamagedCheckpointError as err:
+            problems.append(str(err))
+            if warn:
+                logger.warning("skipping damaged checkpoint %s: %s", folder, err)
+    if problems:
+        raise ValueError(f"no usable checkpoint in {checkpoint_dir}: " + "; ".join(problems))
+    return None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, with a :class:`DamagedCheckpointError` naming the file if unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DamagedCheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+@contextlib.contextmanager
+def weights_only_torch_load(allowed: list[Any] | None = None) -> Iterator[None]:
+    """Make every ``torch.load`` of the block refuse arbitrary pickled objects (``weights_only=True`` enforced);
+    ``allowed`` are plain data classes it may rebuild besides tensors and Python containers."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed or []):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def deepspeed_state_classes() -> list[Any]:
+    """The data classes (no code) that DeepSpeed pickles into its checkpoint files."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _check_safetensors_header(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DamagedCheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

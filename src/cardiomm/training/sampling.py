@@ -1,0 +1,157 @@
+"""Order and randomness of the training data, as functions of ``(seed, epoch, sample)`` only.
+
+A run must replay exactly after a resume, whatever the number of DataLoader workers: the shuffling order of an
+epoch comes from ``(seed, epoch)``; every random draw made while a sample is read or a batch is collated (random
+crops, MLM masks, ...) comes from a generator seeded with ``(seed, epoch, sample index)``; and the training step
+reseeds the process-wide generators (dropout) from ``(seed, epoch, batch position)``. Nothing depends on which
+worker process handled a batch, or on how many batches a process has drawn before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, default_collate
+
+_SEED_MODULUS = 2**63 - 1
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed derived from ``(seed, epoch, stream)``; distinct streams give independent generators."""
+    return (seed * 1_000_003 + epoch * 10_007 + stream * 101) % _SEED_MODULUS
+
+
+def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
+    """A seed derived from ``(seed, epoch, sample index, stream)`` (a 64-bit mix: neighbours are unrelated)."""
+    value = np.random.SeedSequence([seed % 2**63, epoch, index, stream]).generate_state(2, np.uint32)
+    return int((int(value[0]) << 31) ^ int(value[1])) % _SEED_MODULUS
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and PyTorch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with Python's, NumPy's and PyTorch's CPU generators seeded with ``seed``, restoring them after."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
+
+    Every process draws the same permutation (Accelerate then gives each process its share of the batches), and a
+    resumed run replays exactly the order of the interrupted epoch.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        yield from torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class SampleKey(NamedTuple):
+    """What the training sampler yields: the epoch and the index of one sample."""
+
+    epoch: int
+    index: int
+
+
+class KeyedSampler(Sampler[SampleKey]):
+    """Yields ``SampleKey(epoch, index)`` for each index of ``sampler`` (which has ``epoch`` / ``set_epoch``), so
+    that the worker reading a sample knows which random draws belong to it."""
+
+    def __init__(self, sampler: EpochShuffleSampler) -> None:
+        self.sampler = sampler
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        epoch = self.sampler.epoch
+        for index in self.sampler:
+            yield SampleKey(epoch, int(index))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededSamples(Dataset):
+    """A map-style dataset read by :class:`SampleKey` (or plain index, epoch 0): ``dataset[index]`` is read with the
+    random generators seeded from ``(seed, epoch, index)`` and returned as ``(key, item)``, for
+    :class:`SeededCollator`."""
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: SampleKey | int) -> tuple[SampleKey, Any]:
+        key = key if isinstance(key, SampleKey) else SampleKey(0, int(key))
+        with seeded_rng(sample_seed(self.seed, key.epoch, key.index, stream=1)):
+            return key, self.dataset[key.index]
+
+    def __getitems__(self, keys: Sequence[SampleKey | int]) -> list[tuple[SampleKey, Any]]:
+        keys = [k if isinstance(k, SampleKey) else SampleKey(0, int(k)) for k in keys]
+        fetch_batch = getattr(self.dataset, "__getitems__", None)
+        if fetch_batch is None or not keys:
+            return [self[k] for k in keys]
+        # one read of the whole batch (Arrow-backed datasets): seeded by the batch's first sample
+        with seeded_rng(sample_seed(self.seed, keys[0].epoch, keys[0].index, stream=1)):
+            items = fetch_batch([k.index for k in keys])
+        return list(zip(keys, items))
+
+
+class SeededCollator:
+    """Collates the ``(key, item)`` pairs of :class:`SeededSamples` with ``collate_fn`` (PyTorch's default when
+    ``None``), its random draws seeded from ``(seed, epoch, index of the batch's first sample)``: the same batch
+    gets the same crops and masks in every worker, every run and after every resume.
+
+    ``collate_fn`` must draw from the process-wide generators (``torch``, ``numpy.random``, ``random``), as the
+    cardiomm collators do with their default ``seed=None``; a generator of its own would advance differently in
+    each worker process.
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None, seed: int) -> None:
+        self.collate_fn = collate_fn if collate_fn is not None else default_collate
+        self.seed = seed
+
+    def __call__(self, pairs: Sequence[tuple[SampleKey, Any]]) -> Any:
+        keys = [key for key, _ in pairs]
+        items = [item for _, item in pairs]
+        first = keys[0] if keys else SampleKey(0, 0)
+        with seeded_rng(sample_seed(self.seed, first.epoch, first.index, stream=2)):
+            return self.collate_fn(items)
