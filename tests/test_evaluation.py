@@ -193,6 +193,42 @@ def test_linear_probe_label_columns_must_match_across_splits():
         linear_probe(splits[0], splits[1], (splits[2][0], splits[2][1][:, :2]), fractions=(1.0,), seeds=(0,))
 
 
+def test_linear_probe_refuses_to_choose_C_without_a_usable_validation_split():
+    rng = np.random.default_rng(8)
+    w = l2_normalize(rng.normal(size=(2, 8)))
+    train, test = _mixture(rng, 200, w, prevalence=(0.3, 0.4)), _mixture(rng, 100, w, prevalence=(0.3, 0.4))
+    x_val = rng.normal(size=(50, 8))
+    # every validation ECG negative for one class, positive for the other: no C can be compared on validation
+    y_val = np.tile([0, 1], (50, 1))
+    with pytest.raises(ValueError, match="C cannot be chosen on validation"):
+        linear_probe(train, (x_val, y_val), test, fractions=(1.0,), seeds=(0,), Cs=(0.1, 1.0))
+    # one usable validation class is enough; the other is left out of the choice of C
+    y_val[:25, 0] = 1
+    with pytest.warns(UserWarning, match="validation split"):
+        result = linear_probe(train, (x_val, y_val), test, fractions=(1.0,), seeds=(0,), Cs=(0.1, 1.0))
+    assert result.skipped_val == ["1"] and np.isfinite(result.runs[0].val_macro_auroc)
+
+
+def test_auroc_columns_equal_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from cardiomm.evaluation.metrics import auroc_columns
+
+    rng = np.random.default_rng(9)
+    for n in (2, 7, 60):
+        y = rng.integers(0, 2, size=(n, 5))
+        y[:, 4] = 1  # a class without negatives has no AUROC
+        for scores in (rng.normal(size=(n, 5)), rng.integers(0, 3, size=(n, 5)).astype(float)):
+            values = auroc_columns(y, scores)
+            for j in range(5):
+                if 0 < y[:, j].sum() < n:
+                    assert values[j] == pytest.approx(roc_auc_score(y[:, j], scores[:, j]), abs=1e-12)
+                else:
+                    assert np.isnan(values[j])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        auroc_columns(np.array([[0], [1]]), np.array([[0.1], [np.nan]]))
+
+
 def test_training_fractions_keep_prevalence_and_are_reproducible():
     rng = np.random.default_rng(7)
     prevalence = np.array([0.004, 0.02, 0.05, 0.1, 0.2, 0.4])

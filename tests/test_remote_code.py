@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification
 
@@ -95,3 +96,35 @@ def test_cnn_loads_without_cardiomm(tmp_path: Path) -> None:
 
 def test_vit_loads_without_cardiomm(tmp_path: Path) -> None:
     _remote_roundtrip(tmp_path, "vit_tiny", num_hidden_layers=2, max_length=1000)
+
+
+def test_evaluation_loads_a_cardiomm_checkpoint_without_running_its_shipped_code(tmp_path: Path) -> None:
+    from cardiomm.evaluation.checkpoint import load_ecg_text_checkpoint
+    from cardiomm.modeling.modeling_ecg_text import ECGTextDualEncoder
+    from cardiomm.processing.processing_ecg_text import ECGTextProcessor
+    from test_cli_evaluate_push import save_tiny_checkpoint
+    from test_hostile_evaluation import with_marker_code
+
+    marker = tmp_path / "marker"
+    ckpt = with_marker_code(save_tiny_checkpoint(tmp_path / "ckpt"), marker)
+    model, processor = load_ecg_text_checkpoint(ckpt)
+    assert type(model) is ECGTextDualEncoder and type(processor) is ECGTextProcessor
+    assert type(processor.feature_extractor) is ECGFeatureExtractor and not model.training
+    assert not marker.exists()
+
+
+def test_unknown_model_type_needs_trust_remote_code(tmp_path: Path) -> None:
+    from cardiomm.evaluation.checkpoint import load_ecg_text_checkpoint
+    from test_hostile_evaluation import with_marker_code
+
+    marker = tmp_path / "marker"
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "marker_model", "auto_map": {"AutoModel": "modeling_marker.MarkerModel"}}))
+    (tmp_path / "modeling_marker.py").write_text("from .marker_utils import VALUE\n")
+    (tmp_path / "marker_utils.py").write_text("VALUE = 1\n")
+    with_marker_code(tmp_path, marker)
+    with pytest.raises(ValueError, match=r"'marker_model'.*marker_utils\.py, modeling_marker\.py.*--trust-remote-code"):
+        load_ecg_text_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        load_ecg_text_checkpoint(tmp_path / "absent")
+    assert not marker.exists()

@@ -15,7 +15,8 @@ Protocol (what :func:`linear_probe` does, exactly):
    constant score.
 5. ``C`` is chosen by macro AUROC on the **validation** split only (ties go to the smaller ``C``); the test
    macro AUROC is reported at that ``C``. Test scores at the other ``C`` values are kept for auditing in
-   ``test_macro_auroc_by_C`` and never used for selection.
+   ``test_macro_auroc_by_C`` and never used for selection. When no class has both label values in the
+   validation split, ``C`` cannot be chosen and a ``ValueError`` says so (no ``C`` is picked silently).
 6. Macro AUROC averages the classes that have both label values in the evaluated split (see
    :mod:`cardiomm.evaluation.metrics`); results are summarised as mean ± standard deviation over seeds
    (population standard deviation, ``ddof=0``).
@@ -33,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ..data.splits import stratified_fraction
-from .metrics import classification_metrics, evaluable_classes
+from .metrics import auroc_columns, evaluable_classes
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 SPLITS = ("train", "val", "test")
@@ -154,6 +155,13 @@ def align_label_columns(
     return out, list(reference)
 
 
+def _macro_auroc(y: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """Macro AUROC over the classes with both label values (NaN when none) and the per-class values."""
+    values = auroc_columns(y, scores)
+    per_class = {name: float(v) for name, v in zip(names, values) if np.isfinite(v)}
+    return (float(np.mean(list(per_class.values()))) if per_class else float("nan")), per_class
+
+
 def _fit_scores(
     x_train: np.ndarray, y_train: np.ndarray, evaluate: list[np.ndarray], C: float, max_iter: int
 ) -> list[np.ndarray]:
@@ -193,6 +201,11 @@ def linear_probe(
         raise ValueError("Cs must not be empty")
     skipped_val = [n for n, ok in zip(names, evaluable_classes(y_val)) if not ok]
     skipped_test = [n for n, ok in zip(names, evaluable_classes(y_test)) if not ok]
+    if len(skipped_val) == len(names):
+        raise ValueError(
+            "no class has both a positive and a negative example in the validation split, so C cannot be chosen "
+            f"on validation (classes: {names})"
+        )
     for split, skipped in (("validation", skipped_val), ("test", skipped_test)):
         if skipped:
             warnings.warn(
@@ -210,17 +223,17 @@ def linear_probe(
                 x_sub, y_sub = x_train[idx], y_train[idx]
                 scaler = StandardScaler().fit(x_sub)
                 xs_sub, xs_val, xs_test = scaler.transform(x_sub), scaler.transform(x_val), scaler.transform(x_test)
-                val_by_c, test_by_c, test_metrics = [], [], []
+                val_by_c, test_by_c, test_aurocs = [], [], []
                 for C in Cs:
                     s_val, s_test = _fit_scores(xs_sub, y_sub, [xs_val, xs_test], C, max_iter)
-                    val_by_c.append(classification_metrics(y_val, s_val, names, warn=False).macro_auroc)
-                    metrics = classification_metrics(y_test, s_test, names, warn=False)
-                    test_by_c.append(metrics.macro_auroc)
-                    test_metrics.append(metrics)
-                best = int(np.nanargmax(val_by_c)) if not np.all(np.isnan(val_by_c)) else 0
+                    val_by_c.append(_macro_auroc(y_val, s_val, names)[0])
+                    macro, per_class = _macro_auroc(y_test, s_test, names)
+                    test_by_c.append(macro)
+                    test_aurocs.append(per_class)
+                best = int(np.nanargmax(val_by_c))
                 untrainable = [n for n, ok in zip(names, evaluable_classes(y_sub)) if not ok]
                 cache[key] = (
-                    Cs[best], val_by_c[best], test_by_c[best], test_metrics[best].auroc, val_by_c, test_by_c,
+                    Cs[best], val_by_c[best], test_by_c[best], test_aurocs[best], val_by_c, test_by_c,
                     untrainable,
                 )
             C, val_auc, test_auc, test_auroc, val_by_c, test_by_c, untrainable = cache[key]
