@@ -158,13 +158,19 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
     assert steps == list(range(1, 13))
 
 
-def test_truncated_latest_checkpoint_is_skipped_with_a_warning(tmp_path: Path, reference: Path) -> None:
-    run = tmp_path / "run"
+def copy_of_run(reference: Path, folder: Path) -> tuple[Path, Path]:
+    """A copy of the finished reference run in ``folder/run`` and its experiment file pointing there."""
+    run = folder / "run"
     shutil.copytree(reference, run)
-    config = tmp_path / "experiment.yaml"
+    config = folder / "experiment.yaml"
     document = yaml.safe_load((reference / "training_config.yaml").read_text())
     document["training"]["output_dir"] = str(run)
     config.write_text(yaml.safe_dump(document))
+    return run, config
+
+
+def test_truncated_latest_checkpoint_is_skipped_with_a_warning(tmp_path: Path, reference: Path) -> None:
+    run, config = copy_of_run(reference, tmp_path)
     for name in ("model.safetensors", "config.json"):
         (run / name).unlink()  # the final model: the resumed run writes it again
     latest = run / "checkpoints" / "step_000012" / "model.safetensors"
@@ -179,12 +185,7 @@ def test_truncated_latest_checkpoint_is_skipped_with_a_warning(tmp_path: Path, r
 
 
 def test_damaged_checkpoints_are_errors_naming_the_file(tmp_path: Path, reference: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
-    config = tmp_path / "experiment.yaml"
-    document = yaml.safe_load((reference / "training_config.yaml").read_text())
-    document["training"]["output_dir"] = str(run)
-    config.write_text(yaml.safe_dump(document))
+    run, config = copy_of_run(reference, tmp_path)
     state = run / "checkpoints" / "step_000009" / "trainer_state.json"
     state.write_text(state.read_text()[:100])  # cut short: not valid JSON
 
@@ -203,12 +204,7 @@ def test_damaged_checkpoints_are_errors_naming_the_file(tmp_path: Path, referenc
 
 
 def test_resume_never_unpickles_files_of_the_checkpoint_folder(tmp_path: Path, reference: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
-    config = tmp_path / "experiment.yaml"
-    document = yaml.safe_load((reference / "training_config.yaml").read_text())
-    document["training"]["output_dir"] = str(run)
-    config.write_text(yaml.safe_dump(document))
+    run, config = copy_of_run(reference, tmp_path)
     checkpoint = run / "checkpoints" / "step_000009"
     marker = tmp_path / "code-ran"
     payload = pickle.dumps(Payload(marker))
