@@ -1,0 +1,297 @@
+"""Every cardiomm model class runs transformers' own common model tests (``ModelTesterMixin``).
+
+The mixin comes from the installed transformers version's sdist (see ``tests/transformers_common_tests.py``); the
+module skips when it cannot be obtained. A new model gets the checks by adding a tiny configuration, an inputs
+function and a ``unittest.TestCase`` below. Tests that do not apply are turned off with the mixin's own flags or
+listed in ``skipped_tests`` with a "does not apply: ..." reason; ``known_gaps`` lists the checks a model does not
+pass yet, with the reason — that list is meant to shrink.
+"""
+
+from __future__ import annotations
+
+import unittest
+from collections.abc import Callable
+
+import pytest
+import torch
+from transformers import BertConfig, PretrainedConfig
+
+from cardiomm import (
+    ECGEncoderConfig,
+    ECGEncoderForSequenceClassification,
+    ECGEncoderModel,
+    ECGSEHRDualEncoder,
+    ECGSEHRDualEncoderConfig,
+    ECGTextDualEncoder,
+    ECGTextDualEncoderConfig,
+    SEHRBertConfig,
+    SEHRBertForMaskedLM,
+    SEHRBertModel,
+    SEHRECGTextConfig,
+    SEHRECGTextModel,
+)
+from transformers_common_tests import TransformersTestsUnavailable, load_model_tester_mixin
+
+try:
+    ModelTesterMixin = load_model_tester_mixin()
+except TransformersTestsUnavailable as error:
+    pytest.skip(f"transformers' common model tests are unavailable: {error}", allow_module_level=True)
+
+BATCH, LEADS, TIME = 2, 12, 200
+CODES, CODE_VOCAB = 7, 40
+TOKENS, TEXT_VOCAB = 6, 64
+NUM_LABELS = 3
+
+
+# ------------------------------------------------------------------------------------------ tiny configurations
+
+def resnet_config(**overrides) -> ECGEncoderConfig:
+    return ECGEncoderConfig(backbone="resnet1d_8", stage_channels=[16, 16], stage_depths=[1, 1],
+                            stage_kernel_sizes=[5, 3], stage_strides=[2, 2], num_labels=NUM_LABELS, **overrides)
+
+
+def vit_config(**overrides) -> ECGEncoderConfig:
+    return ECGEncoderConfig(backbone="vit_tiny", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=37, patch_size=50, max_length=TIME, num_labels=NUM_LABELS, **overrides)
+
+
+def sehr_bert_config(**overrides) -> SEHRBertConfig:
+    fields = dict(vocab_size=CODE_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=37, max_position_embeddings=32, max_time_weeks=30)
+    return SEHRBertConfig(**{**fields, **overrides})
+
+
+def text_config() -> BertConfig:
+    return BertConfig(vocab_size=TEXT_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=32)
+
+
+def ecg_text_config() -> ECGTextDualEncoderConfig:
+    return ECGTextDualEncoderConfig(ecg_config=vit_config(), text_config=text_config(), projection_dim=16,
+                                    projection_hidden_size=24)
+
+
+def ecg_sehr_config() -> ECGSEHRDualEncoderConfig:
+    return ECGSEHRDualEncoderConfig(ecg_config=resnet_config(), ehr_config=sehr_bert_config(), projection_dim=16,
+                                    projection_hidden_size=24, freeze_ehr_layers=0)
+
+
+def sehr_ecg_text_config() -> SEHRECGTextConfig:
+    return SEHRECGTextConfig(ecg_config=resnet_config(), ehr_config=sehr_bert_config(), text_config=text_config(),
+                             projection_dim=16, coarse_projection_dim=8, projection_hidden_size=24,
+                             freeze_ehr_layers=0)
+
+
+# ------------------------------------------------------------------------------------------------------- inputs
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def ecg_inputs() -> dict[str, torch.Tensor]:
+    return {"input_values": torch.randn(BATCH, LEADS, TIME, generator=_generator(0))}
+
+
+def code_inputs(prefix: str = "") -> dict[str, torch.Tensor]:
+    generator = _generator(1)
+    mask = torch.ones(BATCH, CODES, dtype=torch.long)
+    mask[1:, -2:] = 0  # a shorter sequence, padded
+    ids = torch.randint(5, CODE_VOCAB, (BATCH, CODES), generator=generator) * mask
+    return {
+        prefix + "input_ids": ids,
+        prefix + "attention_mask": mask,
+        prefix + "time_ids": torch.randint(0, 31, (BATCH, CODES), generator=generator) * mask,
+        prefix + "type_ids": torch.randint(1, 5, (BATCH, CODES), generator=generator) * mask,
+    }
+
+
+def text_inputs() -> dict[str, torch.Tensor]:
+    generator = _generator(2)
+    mask = torch.ones(BATCH, TOKENS, dtype=torch.long)
+    mask[1:, -2:] = 0
+    return {"input_ids": torch.randint(5, TEXT_VOCAB, (BATCH, TOKENS), generator=generator) * mask,
+            "attention_mask": mask}
+
+
+def ecg_text_inputs() -> dict[str, torch.Tensor]:
+    return {**ecg_inputs(), **text_inputs()}
+
+
+def ecg_sehr_inputs() -> dict[str, torch.Tensor]:
+    return {**ecg_inputs(), **code_inputs()}
+
+
+def sehr_ecg_text_inputs() -> dict[str, torch.Tensor]:
+    return {**ecg_inputs(), **code_inputs("ehr_"), **text_inputs()}
+
+
+# --------------------------------------------------------------------------------------------------- the tester
+
+class CardiommModelTester:
+    """transformers-style model tester built from a tiny configuration and an inputs function."""
+
+    def __init__(self, parent: unittest.TestCase, get_config: Callable[[], PretrainedConfig],
+                 get_inputs: Callable[[], dict[str, torch.Tensor]], seq_length: int, is_training: bool,
+                 expected_num_hidden_layers: int | None = None) -> None:
+        self.parent = parent
+        self._get_config = get_config
+        self._get_inputs = get_inputs
+        self.is_training = is_training
+        self.batch_size = BATCH
+        self.seq_length = seq_length
+        config = get_config()
+        sizes = getattr(config, "ehr_config", None) or getattr(config, "ecg_config", None) or config
+        self.hidden_size = getattr(sizes, "hidden_size", None)
+        self.num_hidden_layers = getattr(sizes, "num_hidden_layers", None) or len(getattr(sizes, "stage_depths", []))
+        self.num_attention_heads = getattr(sizes, "num_attention_heads", None)
+        if expected_num_hidden_layers is not None:
+            self.expected_num_hidden_layers = expected_num_hidden_layers
+
+    def get_config(self) -> PretrainedConfig:
+        return self._get_config()
+
+    def prepare_config_and_inputs(self) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
+        return self.get_config(), self._get_inputs()
+
+    def prepare_config_and_inputs_for_common(self) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
+        return self.prepare_config_and_inputs()
+
+
+class CardiommModelTest:
+    """What a cardiomm model's TestCase declares: its configuration and inputs, the length of its hidden-state
+    sequence, how labels look for its heads, and the tests that do not apply (``skipped_tests``) or do not pass
+    yet (``known_gaps``), each with its reason."""
+
+    get_config: Callable[[], PretrainedConfig]
+    get_inputs: Callable[[], dict[str, torch.Tensor]]
+    seq_length: int = 0
+    is_training: bool = True
+    base_model_classes: tuple[type, ...] = ()  # no training objective: left out of the training tests
+    expected_num_hidden_layers: int | None = None  # entries of `hidden_states`, when not num_hidden_layers + 1
+    skipped_tests: dict[str, str] = {}
+    known_gaps: dict[str, str] = {}
+
+    def setUp(self) -> None:
+        reason = self.skipped_tests.get(self._testMethodName) or self.known_gaps.get(self._testMethodName)
+        if reason:
+            self.skipTest(reason)
+        if self._testMethodName.startswith("test_training"):
+            # transformers leaves its base models (MODEL_MAPPING) out of these tests; cardiomm's are not listed there
+            self.all_model_classes = tuple(c for c in self.all_model_classes if c not in self.base_model_classes)
+        self.model_tester = CardiommModelTester(self, type(self).get_config, type(self).get_inputs,
+                                                self.seq_length, self.is_training, self.expected_num_hidden_layers)
+
+    def labels_for(self, model_class: type, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        inputs = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
+        if return_labels:
+            inputs.update(self.labels_for(model_class, inputs))
+        return inputs
+
+
+NO_TOKEN_EMBEDDINGS = "does not apply: the input is an ECG signal, not tokens (no input embedding layer)"
+BOOL_TOKEN_MASK = ("`token_mask` (the ViT's output of attended patches) is a bool tensor; the mixin formats its "
+                   "message with `tuple_output - dict_output`, which torch refuses for bool tensors")
+RESNET_CHECKPOINTING = ("the ResNet backbone declares supports_gradient_checkpointing=False on the instance "
+                        "(recomputing a block would update its batch-norm running statistics twice), but the mixin "
+                        "reads the class attribute, True for the ViT backbone of the same class")
+DUAL_ENCODER_STATES = ("forward takes no output_hidden_states / output_attentions and the output has no hidden_states; "
+                       "the towers' states are checked by the tower classes' own tests")
+TEXT_FEATURES_TENSOR = ("get_text_features returns the projected embedding tensor, not the BaseModelOutputWithPooling "
+                        "that transformers 5 expects, and takes no output_hidden_states")
+DUAL_ENCODER_GAPS = {
+    "test_hidden_states_output": DUAL_ENCODER_STATES,
+    "test_retain_grad_hidden_states_attentions": DUAL_ENCODER_STATES,
+    "test_can_capture_specific_layers_hidden_states": DUAL_ENCODER_STATES,
+    "test_capture_outputs_decorator": DUAL_ENCODER_STATES,
+}
+TEXT_FEATURES_GAPS = {
+    "test_get_text_features_output_0": TEXT_FEATURES_TENSOR,
+    "test_get_text_features_output_1": TEXT_FEATURES_TENSOR,
+    "test_get_text_features_output_2": TEXT_FEATURES_TENSOR,
+    "test_get_text_features_hidden_states": TEXT_FEATURES_TENSOR,
+}
+
+
+class ECGEncoderResNetModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (ECGEncoderModel, ECGEncoderForSequenceClassification)
+    base_model_classes = (ECGEncoderModel,)
+    get_config = staticmethod(resnet_config)
+    get_inputs = staticmethod(ecg_inputs)
+    seq_length = TIME // 2  # of hidden_states[0], the first stride-2 stage's output
+    expected_num_hidden_layers = 2  # one per stage (resnet1d_8 has no stem)
+    test_resize_embeddings = False
+    has_attentions = False  # convolutions
+    skipped_tests = {"test_model_get_set_embeddings": NO_TOKEN_EMBEDDINGS}
+    known_gaps = {
+        "test_gradient_checkpointing_enable_disable": RESNET_CHECKPOINTING,
+        "test_gradient_checkpointing_backward_compatibility": RESNET_CHECKPOINTING,
+        "test_peft_gradient_checkpointing_enable_disable": RESNET_CHECKPOINTING,
+        "test_training_gradient_checkpointing": RESNET_CHECKPOINTING,
+        "test_training_gradient_checkpointing_use_reentrant_false": RESNET_CHECKPOINTING,
+        "test_training_gradient_checkpointing_use_reentrant_true": RESNET_CHECKPOINTING,
+    }
+
+    def labels_for(self, model_class, inputs):
+        if model_class is ECGEncoderForSequenceClassification:
+            return {"labels": torch.tensor([0, 2])}
+        return {}
+
+
+class ECGEncoderViTModelTest(ECGEncoderResNetModelTest):
+    get_config = staticmethod(vit_config)
+    seq_length = LEADS * TIME // 50
+    expected_num_hidden_layers = None
+    # has_attentions stays False: the ViT uses scaled_dot_product_attention and returns no attention weights
+    skipped_tests = {"test_model_get_set_embeddings": NO_TOKEN_EMBEDDINGS}
+    known_gaps = {"test_model_outputs_equivalence": BOOL_TOKEN_MASK}
+
+
+class ECGTextDualEncoderModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (ECGTextDualEncoder,)
+    get_config = staticmethod(ecg_text_config)
+    get_inputs = staticmethod(ecg_text_inputs)
+    seq_length = TOKENS
+    test_resize_embeddings = False  # the vocabulary is the text tower's (its config's vocab_size): resize the tower
+    has_attentions = False  # no output_attentions (see DUAL_ENCODER_STATES)
+    known_gaps = {**DUAL_ENCODER_GAPS, **TEXT_FEATURES_GAPS,
+                  "test_model_outputs_equivalence": BOOL_TOKEN_MASK + " (the ViT ECG tower's output is nested)"}
+
+
+class SEHRBertModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (SEHRBertModel, SEHRBertForMaskedLM)
+    base_model_classes = (SEHRBertModel,)
+    get_config = staticmethod(sehr_bert_config)
+    get_inputs = staticmethod(code_inputs)
+    seq_length = CODES
+
+    def labels_for(self, model_class, inputs):
+        if model_class is SEHRBertForMaskedLM:
+            return {"labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)}
+        return {}
+
+
+class SEHRBertClsPoolingModelTest(SEHRBertModelTest):
+    get_config = staticmethod(lambda: sehr_bert_config(pooling="cls"))
+
+
+class ECGSEHRDualEncoderModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (ECGSEHRDualEncoder,)
+    get_config = staticmethod(ecg_sehr_config)
+    get_inputs = staticmethod(ecg_sehr_inputs)
+    seq_length = CODES
+    test_resize_embeddings = False  # the vocabulary is the sEHR tower's (its config's vocab_size): resize the tower
+    has_attentions = False  # no output_attentions (see DUAL_ENCODER_STATES)
+    known_gaps = {**DUAL_ENCODER_GAPS, "test_model_outputs_equivalence": DUAL_ENCODER_STATES}
+
+
+class SEHRECGTextModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (SEHRECGTextModel,)
+    get_config = staticmethod(sehr_ecg_text_config)
+    get_inputs = staticmethod(sehr_ecg_text_inputs)
+    seq_length = TOKENS
+    test_resize_embeddings = False  # the vocabulary is the text tower's (its config's vocab_size): resize the tower
+    has_attentions = False  # no output_attentions (see DUAL_ENCODER_STATES)
+    known_gaps = {**DUAL_ENCODER_GAPS, **TEXT_FEATURES_GAPS, "test_model_outputs_equivalence": DUAL_ENCODER_STATES}
