@@ -17,6 +17,7 @@ optional ``lead_mask`` (batch, num_leads), True where the lead was recorded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +166,14 @@ class ECGResNetBottleneckBlock(nn.Module):
 RESNET_BLOCKS: dict[str, type[nn.Module]] = {"basic": ECGResNetBasicBlock, "bottleneck": ECGResNetBottleneckBlock}
 
 
+def _record_hidden_state(hidden_states: torch.Tensor, all_hidden_states: list[torch.Tensor]) -> torch.Tensor:
+    """Append the (batch, time, channels) view of ResNet features to `all_hidden_states` and return the features
+    as a view of that recorded tensor, so that the next layers read it (its gradient is that of the features)."""
+    sequence = hidden_states.squeeze(2).transpose(1, 2)
+    all_hidden_states.append(sequence)
+    return sequence.transpose(1, 2).unsqueeze(2)
+
+
 class ECGResNet1d(nn.Module):
     """1D ResNet: optional stem conv (no max-pool), stages of residual blocks, global average pooling.
 
@@ -216,11 +225,11 @@ class ECGResNet1d(nn.Module):
             hidden_states = F.relu(_conv_bn(self.stem_conv, self.stem_bn, hidden_states), inplace=True)
             hidden_states = hidden_states.contiguous(memory_format=torch.channels_last)
             if output_hidden_states:
-                all_hidden_states.append(hidden_states.squeeze(2).transpose(1, 2))
+                hidden_states = _record_hidden_state(hidden_states, all_hidden_states)
         for stage in self.stages:
             hidden_states = stage(hidden_states)
             if output_hidden_states:
-                all_hidden_states.append(hidden_states.squeeze(2).transpose(1, 2))
+                hidden_states = _record_hidden_state(hidden_states, all_hidden_states)
         features = hidden_states.squeeze(2)  # (batch, channels, time')
         return ECGEncoderOutput(
             last_hidden_state=features.transpose(1, 2),
@@ -332,6 +341,7 @@ class ECGLeadViT(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> ECGEncoderOutput:
         batch_size, num_leads, length = input_values.shape
+        masked = lead_mask is not None or attention_mask is not None
         if lead_mask is None:
             lead_mask = torch.ones(batch_size, num_leads, dtype=torch.bool, device=input_values.device)
         else:
@@ -345,7 +355,8 @@ class ECGLeadViT(nn.Module):
             real_patches = attention_mask.bool().reshape(batch_size, num_patches, -1).any(dim=-1)
             patch_mask = patch_mask & real_patches[:, None, :]
         token_mask = patch_mask.reshape(batch_size, -1)
-        attention_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]
+        if masked:  # without masks every token is attended to, with no data-dependent branch (torch.export)
+            attention_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]
         all_hidden_states = [hidden_states] if output_hidden_states else []
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask)
@@ -387,8 +398,15 @@ class ECGEncoderPreTrainedModel(PreTrainedModel):
     config: ECGEncoderConfig
     base_model_prefix = "ecg_encoder"
     main_input_name = "input_values"
-    supports_gradient_checkpointing = True  # ViT layers; the ResNets have no checkpointable layers
+    supports_gradient_checkpointing = True  # ViT layers; the ResNets declare False on the instance (see __init__)
     _no_split_modules = ["ECGViTLayer"]
+
+    def __init__(self, config: ECGEncoderConfig, *inputs: Any, **kwargs: Any) -> None:
+        super().__init__(config, *inputs, **kwargs)
+        if config.backbone_family == "resnet1d":
+            # Recomputing a residual block in the backward pass would update its batch-norm running statistics a
+            # second time, so the ResNets are not checkpointed.
+            self.supports_gradient_checkpointing = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -395,6 +395,13 @@ class ECGDualEncoderModel(ECGContrastiveModel):
         """The modality of the one partner tower."""
         return self.partner_modalities[0]
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embeddings of the partner tower (the tower that reads `input_ids`)."""
+        return self.tower(self.partner_modality).get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.tower(self.partner_modality).set_input_embeddings(value)
+
     def get_partner_features(self, **inputs: torch.Tensor | None) -> torch.Tensor:
         """Projected partner embeddings, shape (batch, projection_dim), not L2-normalised."""
         pooled, _ = self._encode_partner(self.partner_modality, inputs)
@@ -600,6 +607,8 @@ def _forward_without_padding(
     """
     mask = inputs.get("attention_mask")
     if torch.is_grad_enabled() or mask is None or mask.dim() != 2 or mask.shape[0] < 2:
+        return None
+    if torch.compiler.is_compiling():  # traced graphs (torch.export) take the whole-batch path, free of data branches
         return None
     if any(not isinstance(v, torch.Tensor) or v.shape != mask.shape for v in inputs.values()):
         return None

@@ -14,6 +14,7 @@ decoder shares its weight matrix with the code embeddings (``config.tie_word_emb
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -217,6 +218,23 @@ class SEHRBertForMaskedLM(SEHRBertPreTrainedModel):
         self.sehr_bert = SEHRBertModel(config)
         self.cls = BertOnlyMLMHead(config)
         self.post_init()
+        self._freeze_unused_pooler()
+
+    def _freeze_unused_pooler(self) -> None:
+        """The `pooling="cls"` pooler is kept (the checkpoint loads into `SEHRBertModel`), but the MLM loss never
+        reaches it: it gets `requires_grad=False` rather than parameters that never receive a gradient."""
+        if self.sehr_bert.pooler is not None:
+            self.sehr_bert.pooler.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """[`PreTrainedModel.from_pretrained`], then freezes the unused pooler again (loading creates new
+        parameters, all with `requires_grad=True`)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(model, SEHRBertForMaskedLM):
+            model._freeze_unused_pooler()
+        return loaded
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder

@@ -163,6 +163,13 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
         pooled, _ = self._encode_partner("ehr", inputs)
         return self._to_space(self.ehr_projection(pooled), space)
 
+    def get_input_embeddings(self) -> torch.nn.Module:
+        """The token embeddings of the text tower (the tower that reads `input_ids`)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
     def get_text_features(
         self,
         input_ids: torch.Tensor,
