@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_ecg_contrastive import ECGDualEncoderConfig
 from .configuration_ecg_encoder import ECGEncoderConfig
-from .configuration_ecg_text import ECGDualEncoderConfig
 from .configuration_sehr_bert import SEHRBertConfig
 
 
@@ -53,7 +53,7 @@ class ECGSEHRDualEncoderConfig(ECGDualEncoderConfig):
     """
 
     model_type: ClassVar[str] = "ecg_sehr_dual_encoder"
-    partner_modality: ClassVar[str] = "ehr"
+    partner_modalities: ClassVar[tuple[str, ...]] = ("ehr",)
     sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
         "ecg_config": SubConfigSpec(config_class=ECGEncoderConfig, init_kwargs={"backbone": "resnet1d_8"}),
         "ehr_config": SubConfigSpec(config_class=SEHRBertConfig),

@@ -1,5 +1,5 @@
-"""Configuration of the ECG–report dual encoder (MERL; the ECG-Text model of Lalam et al.), and the fields every
-ECG dual encoder shares ([`ECGDualEncoderConfig`]; the ECG–sEHR model of `configuration_ecg_sehr` builds on it).
+"""Configuration of the ECG–report dual encoder (MERL; the ECG-Text model of Lalam et al.), on the fields every
+ECG dual encoder shares ([`ECGDualEncoderConfig`], `configuration_ecg_contrastive`).
 
 The model pairs an ECG encoder ([`ECGEncoderConfig`], any backbone) with any transformers text encoder and
 aligns them contrastively in a shared space of `projection_dim` dimensions.
@@ -18,111 +18,13 @@ Settings of the two papers:
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_ecg_contrastive import ECGDualEncoderConfig
 from .configuration_ecg_encoder import ECGEncoderConfig
-
-PROJECTION_TYPES: tuple[str, ...] = ("mlp", "linear")
-TEXT_POOLINGS: tuple[str, ...] = ("cls", "pooler", "mean")
-PARTNER_POOLINGS: tuple[str, ...] = TEXT_POOLINGS
-CONTRASTIVE_LOSSES: tuple[str, ...] = ("clip", "convirt")
-
-
-def validate_partner_tower(config: PreTrainedConfig, modality: str) -> None:
-    """Check the `<modality>_pooling` and `freeze_<modality>_layers` fields of a composite configuration against its
-    `<modality>_config` (the partner tower of the ECG: `"text"` or `"ehr"`)."""
-    pooling = getattr(config, f"{modality}_pooling")
-    if pooling not in PARTNER_POOLINGS:
-        raise ValueError(f"{modality}_pooling must be one of {PARTNER_POOLINGS}, got {pooling!r}.")
-    num_frozen = getattr(config, f"freeze_{modality}_layers")
-    if num_frozen < -1:
-        raise ValueError(f"freeze_{modality}_layers must be -1 (whole tower) or >= 0, got {num_frozen}.")
-    num_layers = getattr(getattr(config, f"{modality}_config"), "num_hidden_layers", None)
-    if num_layers is not None and num_frozen > num_layers:
-        raise ValueError(
-            f"freeze_{modality}_layers={num_frozen} exceeds the {modality} tower's {num_layers} layers."
-        )
-
-
-def validate_projection_fields(config: PreTrainedConfig) -> None:
-    """Check the projection fields shared by the cardiomm contrastive models."""
-    if config.projection_type not in PROJECTION_TYPES:
-        raise ValueError(f"projection_type must be one of {PROJECTION_TYPES}, got {config.projection_type!r}.")
-    if config.projection_dim < 1 or config.projection_hidden_size < 1:
-        raise ValueError("projection_dim and projection_hidden_size must be positive.")
-
-
-class ECGDualEncoderConfig(PreTrainedConfig):
-    r"""
-    Fields shared by the ECG dual encoders: an ECG tower paired with one partner tower (`partner_modality`:
-    `"text"` for [`ECGTextDualEncoderConfig`], `"ehr"` for `ECGSEHRDualEncoderConfig`). Subclasses add the
-    partner's `<modality>_config`, `<modality>_pooling` and `freeze_<modality>_layers` fields.
-
-    Args:
-        ecg_config (`ECGEncoderConfig` or `dict`, *optional*):
-            ECG tower; defaults to `ECGEncoderConfig()` (1D ResNet18, MERL's default).
-        projection_dim (`int`, defaults to 256): Dimension of the shared space.
-        projection_hidden_size (`int`, defaults to 256): Hidden width of the MLP projections.
-        projection_type (`str`, defaults to `"mlp"`):
-            `"mlp"`: MERL's non-linear projectors, ECG `Linear-BN-ReLU-Linear-BN`, partner `Linear-GELU-Linear`;
-            `"linear"`: one bias-free linear layer per modality (CLIP).
-        logit_scale_init_value (`float`, defaults to `log(1 / 0.07)`):
-            Initial log of the inverse temperature: `log(1/0.07)` for MERL, `log(1/0.1)` for Lalam et al.
-        learnable_temperature (`bool`, defaults to `False`):
-            Learn `logit_scale` (CLIP) or keep it fixed at `logit_scale_init_value` (MERL, Lalam et al.). Either
-            way the value is part of the saved weights.
-        loss (`str`, defaults to `"clip"`):
-            Cross-modal objective: `"clip"` (symmetric InfoNCE) or `"convirt"` (ConVIRT, weight `convirt_lambda`
-            on the ECG→partner direction).
-        convirt_lambda (`float`, defaults to 0.5): ConVIRT λ (Lalam et al. use 0.5).
-        unimodal_alignment (`bool`, defaults to `True`): Add MERL's uni-modal alignment loss.
-        uma_dropout (`float`, defaults to 0.1): Dropout rate of each UMA view.
-        uma_weight (`float`, defaults to 1.0): Weight of the UMA loss in the total loss.
-        freeze_ecg (`bool`, defaults to `False`): Freeze the ECG tower.
-    """
-
-    partner_modality: ClassVar[str] = ""
-    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
-        "ecg_config": SubConfigSpec(config_class=ECGEncoderConfig),
-    }
-
-    ecg_config: ECGEncoderConfig | dict | None = None
-    projection_dim: int = 256
-    projection_hidden_size: int = 256
-    projection_type: str = "mlp"
-    logit_scale_init_value: int | float = math.log(1 / 0.07)
-    learnable_temperature: bool = False
-    loss: str = "clip"
-    convirt_lambda: int | float = 0.5
-    unimodal_alignment: bool = True
-    uma_dropout: int | float = 0.1
-    uma_weight: int | float = 1.0
-    freeze_ecg: bool = False
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
-        self.validate_dual_encoder()
-
-    @property
-    def partner_config(self) -> PreTrainedConfig:
-        """Configuration of the partner tower (`text_config`, `ehr_config`, ...)."""
-        return getattr(self, f"{self.partner_modality}_config")
-
-    def validate_dual_encoder(self) -> None:
-        """Check the field values and that the partner's pooling and freezing fit the partner tower."""
-        validate_projection_fields(self)
-        if self.loss not in CONTRASTIVE_LOSSES:
-            raise ValueError(f"loss must be one of {CONTRASTIVE_LOSSES}, got {self.loss!r}.")
-        if not 0.0 <= self.convirt_lambda <= 1.0:
-            raise ValueError(f"convirt_lambda must lie in [0, 1], got {self.convirt_lambda}.")
-        if not 0.0 <= self.uma_dropout < 1.0:
-            raise ValueError(f"uma_dropout must lie in [0, 1), got {self.uma_dropout}.")
-        if self.partner_modality:
-            validate_partner_tower(self, self.partner_modality)
 
 
 class ECGTextDualEncoderConfig(ECGDualEncoderConfig):
@@ -179,7 +81,7 @@ class ECGTextDualEncoderConfig(ECGDualEncoderConfig):
     """
 
     model_type: ClassVar[str] = "ecg_text_dual_encoder"
-    partner_modality: ClassVar[str] = "text"
+    partner_modalities: ClassVar[tuple[str, ...]] = ("text",)
     sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
         "ecg_config": SubConfigSpec(config_class=ECGEncoderConfig),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
@@ -198,15 +100,6 @@ class ECGTextDualEncoderConfig(ECGDualEncoderConfig):
         return cls(ecg_config=ecg_config.to_dict(), text_config=text_config.to_dict(), **kwargs)
 
 
-__all__ = [
-    "ECGDualEncoderConfig",
-    "ECGTextDualEncoderConfig",
-    "PROJECTION_TYPES",
-    "TEXT_POOLINGS",
-    "PARTNER_POOLINGS",
-    "CONTRASTIVE_LOSSES",
-    "validate_partner_tower",
-    "validate_projection_fields",
-]
+__all__ = ["ECGTextDualEncoderConfig"]
 
 ECGTextDualEncoderConfig.register_for_auto_class()

@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_ecg_contrastive import ECGContrastiveConfig
 from .configuration_ecg_encoder import ECGEncoderConfig
-from .configuration_ecg_text import CONTRASTIVE_LOSSES, validate_partner_tower, validate_projection_fields
 from .configuration_sehr_bert import SEHRBertConfig
 
 
-class SEHRECGTextConfig(PreTrainedConfig):
+class SEHRECGTextConfig(ECGContrastiveConfig):
     r"""
     Configuration of [`SEHRECGTextModel`].
 
@@ -62,7 +62,6 @@ class SEHRECGTextConfig(PreTrainedConfig):
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
     }
 
-    ecg_config: ECGEncoderConfig | dict | None = None
     ehr_config: SEHRBertConfig | dict | None = None
     text_config: PreTrainedConfig | dict | None = None
     ehr_model_name_or_path: str | None = None
@@ -71,13 +70,8 @@ class SEHRECGTextConfig(PreTrainedConfig):
     text_pooling: str = "mean"
     freeze_ehr_layers: int = 3
     freeze_text_layers: int = 0
-    freeze_ecg: bool = False
-    projection_dim: int = 256
     coarse_projection_dim: int | None = None
-    projection_hidden_size: int = 256
-    projection_type: str = "mlp"
     logit_scale_init_value: int | float = math.log(1 / 0.1)
-    learnable_temperature: bool = False
     loss: str = "convirt"
     lambda_es: int | float = 0.5
     lambda_et: int | float = 0.5
@@ -88,23 +82,18 @@ class SEHRECGTextConfig(PreTrainedConfig):
         if self.coarse_projection_dim is None:
             self.coarse_projection_dim = self.projection_dim
         super().__post_init__(**kwargs)
-        self.validate_tri_modal()
 
-    def validate_tri_modal(self) -> None:
-        """Check the field values and that each partner tower's pooling and freezing fit it."""
-        validate_projection_fields(self)
+    def validate_contrastive_fields(self) -> None:
+        """Check the shared fields, the partner towers' pooling and freezing, and the tri-modal fields."""
+        super().validate_contrastive_fields()
         if self.coarse_projection_dim < 1:
             raise ValueError("coarse_projection_dim must be positive.")
-        if self.loss not in CONTRASTIVE_LOSSES:
-            raise ValueError(f"loss must be one of {CONTRASTIVE_LOSSES}, got {self.loss!r}.")
         for name in ("lambda_es", "lambda_et"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
         for name in ("ecg_ehr_loss_weight", "ecg_text_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for modality in self.partner_modalities:
-            validate_partner_tower(self, modality)
 
     @classmethod
     def from_tower_configs(

@@ -8,6 +8,11 @@ batch, and after the data-parallel gradient average (DDP, DeepSpeed) the paramet
 single process. All processes must hold batches of the same size (``drop_last`` in training). Outside
 ``torch.distributed`` (or with one process) every function is the plain single-batch loss.
 
+The similarity matrix is built once: a model L2-normalises its embeddings, :func:`contrastive_logits` scales
+their similarities (gathering the partner embeddings when distributed), and the losses take those logits
+(:func:`clip_loss`, :func:`convirt_loss`, as transformers' ``clip_loss(similarity)``); the model's output logits
+are their local block (:func:`local_logits`), not a second product.
+
 References: CLIP (Radford et al. 2021); ConVIRT (Zhang et al. 2020), as used for ECG–sEHR and ECG–text by
 Lalam et al.; MERL uni-modal alignment (Liu et al. 2024); multi-positive contrastive loss for "good views" of
 ECGs (Jeong et al.) and SupCon (Khosla et al. 2020).
@@ -23,8 +28,12 @@ from torch import Tensor
 
 __all__ = [
     "gather_features",
+    "contrastive_logits",
+    "local_logits",
     "clip_loss",
     "convirt_loss",
+    "paired_contrastive_loss",
+    "embedding_clip_loss",
     "unimodal_alignment_loss",
     "multi_positive_contrastive_loss",
 ]
@@ -66,58 +75,103 @@ def _local_labels(batch_size: int, device: torch.device, rank: int) -> Tensor:
     return labels
 
 
-def _paired_logits(a: Tensor, b: Tensor, scale: Tensor | float, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits of local ``a`` rows against all ``b`` and of local ``b`` rows against all ``a``, with labels."""
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"paired features need the same batch size, got {a.shape[0]} and {b.shape[0]}")
-    a = F.normalize(a, dim=-1)
-    b = F.normalize(b, dim=-1)
-    rank, world_size = _world() if gather else (0, 1)
-    if world_size == 1:  # one batch: the b→a logits are the transpose of the a→b ones
-        logits_a_to_b = scale * a @ b.T
-        return logits_a_to_b, logits_a_to_b.T, _local_labels(a.shape[0], a.device, rank)
-    all_a = gather_features(a)
-    all_b = gather_features(b)
-    logits_a_to_b = scale * a @ all_b.T
-    logits_b_to_a = scale * b @ all_a.T
-    return logits_a_to_b, logits_b_to_a, _local_labels(a.shape[0], a.device, rank)
+def contrastive_logits(
+    a_embeds: Tensor, b_embeds: Tensor, logit_scale: Tensor | float, gather: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Scaled cosine similarities of paired, L2-normalised embeddings, built once for the loss and the outputs.
 
-
-def clip_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float, gather: bool = True) -> Tensor:
-    """Symmetric InfoNCE (CLIP) loss between paired features ``a`` and ``b`` of shape ``(B, D)``.
+    Returns ``(logits_per_a, logits_per_b)``: the local ``a`` rows against every ``b`` of the (gathered) batch and
+    the local ``b`` rows against every ``a``, each ``(B, world_size * B)``. With one process ``logits_per_b`` is
+    the transpose of ``logits_per_a`` (``(B, B)``); when distributed, the local block of either is
+    :func:`local_logits`. Row ``i``'s positive is column ``rank * B + i``.
 
     Args:
-        a, b: paired embeddings; row ``i`` of ``a`` and row ``i`` of ``b`` are the positive pair. They are
-            L2-normalised here.
-        logit_scale: the multiplier of the cosine similarities, i.e. ``1 / temperature``; pass
-            ``model.logit_scale.exp()`` for a learnable CLIP temperature.
-        gather: use the negatives of every process when running distributed.
+        a_embeds, b_embeds: ``(B, D)`` embeddings, already L2-normalised (row ``i`` of each is a positive pair).
+        logit_scale: multiplier of the similarities, ``1 / temperature`` (e.g. ``model.logit_scale.exp()``).
+        gather: compare with the embeddings of every process when running distributed (gradients flow back
+            through the gather).
+    """
+    if a_embeds.shape[0] != b_embeds.shape[0]:
+        raise ValueError(f"paired features need the same batch size, got {a_embeds.shape[0]} and {b_embeds.shape[0]}")
+    _, world_size = _world() if gather else (0, 1)
+    if world_size == 1:  # one batch: the b→a logits are the transpose of the a→b ones
+        logits_per_a = logit_scale * a_embeds @ b_embeds.T
+        return logits_per_a, logits_per_a.T
+    logits_per_a = logit_scale * a_embeds @ gather_features(b_embeds).T
+    logits_per_b = logit_scale * b_embeds @ gather_features(a_embeds).T
+    return logits_per_a, logits_per_b
+
+
+def local_logits(logits: Tensor) -> Tensor:
+    """The ``(B, B)`` block of this process's own pairs in ``(B, world_size * B)`` logits of
+    :func:`contrastive_logits` (the logits themselves with one process)."""
+    batch_size = logits.shape[0]
+    if logits.shape[1] == batch_size:
+        return logits
+    rank, _ = _world()
+    return logits[:, rank * batch_size:(rank + 1) * batch_size]
+
+
+def _labels_of(logits: Tensor) -> Tensor:
+    """Column of each row's positive: ``rank * B + i`` for gathered logits, ``i`` for local ones."""
+    batch_size = logits.shape[0]
+    rank = _world()[0] if logits.shape[1] != batch_size else 0
+    return _local_labels(batch_size, logits.device, rank)
+
+
+def clip_loss(logits_per_a: Tensor, logits_per_b: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE (CLIP) loss ``(CE(a→b) + CE(b→a)) / 2`` from the logits of :func:`contrastive_logits`.
+
+    Args:
+        logits_per_a: ``(B, world_size * B)`` scaled similarities of the local ``a`` rows against every ``b``.
+        logits_per_b: the same for the local ``b`` rows; defaults to ``logits_per_a.T`` (one process), as
+            transformers' ``clip_loss(similarity)``.
 
     Returns:
-        ``(CE(a→b) + CE(b→a)) / 2``, averaged over the local anchors.
+        The loss, averaged over the local anchors.
     """
-    logits_a_to_b, logits_b_to_a, labels = _paired_logits(a, b, logit_scale, gather)
-    return 0.5 * (F.cross_entropy(logits_a_to_b, labels) + F.cross_entropy(logits_b_to_a, labels))
+    if logits_per_b is None:
+        logits_per_b = logits_per_a.T
+    labels = _labels_of(logits_per_a)
+    return 0.5 * (F.cross_entropy(logits_per_a, labels) + F.cross_entropy(logits_per_b, labels))
 
 
-def convirt_loss(a: Tensor, b: Tensor, temperature: float = 0.1, lambda_: float = 0.75, gather: bool = True) -> Tensor:
-    """ConVIRT bidirectional contrastive loss ``λ·ℓ(a→b) + (1−λ)·ℓ(b→a)``.
+def convirt_loss(logits_per_a: Tensor, logits_per_b: Tensor | None = None, lambda_: float = 0.75) -> Tensor:
+    """ConVIRT bidirectional contrastive loss ``λ·ℓ(a→b) + (1−λ)·ℓ(b→a)`` from the logits of
+    :func:`contrastive_logits` (built at ``logit_scale = 1 / τ``).
 
-    ``ℓ(a→b)`` takes each ``a_i`` as anchor and classifies its partner ``b_i`` among all ``b`` (softmax over the
-    candidates ``b_k``); ``ℓ(b→a)`` is the reverse. This is Eq. (1)–(2) of Lalam et al. with ``a`` the ECG
-    embedding and ``b`` the sEHR (or text) embedding; that paper sets ``λ = 0.5`` and ``τ = 0.1``, ConVIRT's
-    default for image→text is ``λ = 0.75``.
+    ``ℓ(a→b)`` takes each ``a_i`` as anchor and classifies its partner ``b_i`` among all ``b``; ``ℓ(b→a)`` is the
+    reverse. This is Eq. (1)–(2) of Lalam et al. with ``a`` the ECG embedding and ``b`` the sEHR (or text)
+    embedding; that paper sets ``λ = 0.5`` and ``τ = 0.1``, ConVIRT's default for image→text is ``λ = 0.75``.
 
     Args:
-        a, b: paired embeddings ``(B, D)``, L2-normalised here.
-        temperature: ``τ`` dividing the cosine similarities.
+        logits_per_a, logits_per_b: as in :func:`clip_loss`.
         lambda_: weight ``λ ∈ [0, 1]`` of the ``a→b`` direction.
-        gather: use the negatives of every process when running distributed.
     """
     if not 0.0 <= lambda_ <= 1.0:
         raise ValueError(f"lambda_ must lie in [0, 1], got {lambda_}")
-    logits_a_to_b, logits_b_to_a, labels = _paired_logits(a, b, 1.0 / temperature, gather)
-    return lambda_ * F.cross_entropy(logits_a_to_b, labels) + (1.0 - lambda_) * F.cross_entropy(logits_b_to_a, labels)
+    if logits_per_b is None:
+        logits_per_b = logits_per_a.T
+    labels = _labels_of(logits_per_a)
+    return lambda_ * F.cross_entropy(logits_per_a, labels) + (1.0 - lambda_) * F.cross_entropy(logits_per_b, labels)
+
+
+def paired_contrastive_loss(
+    logits_per_a: Tensor, logits_per_b: Tensor, loss: str = "clip", convirt_lambda: float = 0.5
+) -> Tensor:
+    """The cross-modal objective a cardiomm configuration names: ``"clip"`` (:func:`clip_loss`) or ``"convirt"``
+    (:func:`convirt_loss` with ``λ = convirt_lambda``)."""
+    if loss == "clip":
+        return clip_loss(logits_per_a, logits_per_b)
+    if loss == "convirt":
+        return convirt_loss(logits_per_a, logits_per_b, convirt_lambda)
+    raise ValueError(f"loss must be 'clip' or 'convirt', got {loss!r}")
+
+
+def embedding_clip_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float, gather: bool = True) -> Tensor:
+    """:func:`clip_loss` of raw paired features ``a`` and ``b`` ``(B, D)``: L2-normalised, then compared at
+    ``logit_scale`` (a shortcut for losses on features that are not model outputs, such as UMA's views)."""
+    return clip_loss(*contrastive_logits(F.normalize(a, dim=-1), F.normalize(b, dim=-1), logit_scale, gather))
 
 
 def unimodal_alignment_loss(
@@ -133,7 +187,7 @@ def unimodal_alignment_loss(
 
     ``z¹ = z ⊙ M¹`` and ``z² = z ⊙ M²`` with independent dropout masks of rate ``dropout_p`` (latent
     augmentation instead of signal-level augmentation); the two views of the same ECG are the positive pair
-    and every other ECG of the (gathered) batch a negative, scored with :func:`clip_loss`.
+    and every other ECG of the (gathered) batch a negative, scored with :func:`embedding_clip_loss`.
 
     Args:
         latent: ECG embeddings ``(B, D)``.
@@ -150,7 +204,7 @@ def unimodal_alignment_loss(
     if projector is not None:
         view_1, view_2 = projector(view_1), projector(view_2)
     scale = logit_scale if logit_scale is not None else 1.0 / temperature
-    return clip_loss(view_1, view_2, scale, gather=gather)
+    return embedding_clip_loss(view_1, view_2, scale, gather=gather)
 
 
 def multi_positive_contrastive_loss(

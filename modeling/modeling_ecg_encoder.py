@@ -1,23 +1,26 @@
 """ECG encoders: 1D ResNets (EHR-paper 8-conv ResNet, MERL ResNet18/34/50/101) and K-MERL's lead-aware ViT.
 
-Inputs are ``input_values`` of shape (batch, num_leads, time) in the lead order of ``config.lead_names`` and an
-optional ``lead_mask`` (batch, num_leads), True where the lead was recorded.
+Inputs are ``input_values`` of shape (batch, num_leads, time) in the lead order of ``config.lead_names``, an
+optional ``lead_mask`` (batch, num_leads), True where the lead was recorded, and an optional ``time_mask``
+(batch, time), 1 for recorded samples and 0 for padding (as ``ECGFeatureExtractor`` returns it for records shorter
+than the crop).
 
 * ResNets zero the samples of absent leads before the first convolution (a zero lead is what an unrecorded lead
   looks like to a CNN trained with lead dropout). ``last_hidden_state`` is the final feature map as a sequence,
-  (batch, time', channels); ``pooler_output`` is its global average over time.
+  (batch, time', channels); ``pooler_output`` is its global average over time — over the positions that see a
+  recorded sample when ``time_mask`` is given (padding enters the convolutions as zeros).
 * The ViT cuts every lead into patches of ``patch_size`` samples, projects them with one shared linear layer
   and adds a learnable lead embedding and a lead-agnostic temporal (patch position) embedding. Tokens are
   ordered lead-major: token ``l * num_patches + m`` is patch ``m`` of lead ``l``. Tokens of absent leads are
   excluded as attention keys, and ``pooler_output`` is the mean of the final tokens of the present leads (the
   average pooling K-MERL feeds to its projector; there is no CLS token). Outputs therefore do not depend on the
-  values of absent leads. Any input length that is a multiple of ``patch_size`` up to ``max_length`` works.
+  values of absent leads. Patches without any recorded sample (``time_mask``) are excluded in the same way. Any
+  input length that is a multiple of ``patch_size`` up to ``max_length`` works.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +49,9 @@ class ECGEncoderOutput(ModelOutput):
             ResNet: output of the stem (if any) and of each stage, each (batch, time_i, channels_i).
             ViT: the embeddings and the output of each layer, each (batch, num_tokens, hidden_size).
         token_mask (`torch.BoolTensor` of shape (batch, num_tokens), *optional*):
-            ViT only: True for tokens of present leads (use as key padding mask over `last_hidden_state`).
+            ViT only, returned when `lead_mask` or `time_mask` is given (without them every token is attended):
+            True for tokens of present leads and recorded samples (use as key padding mask over
+            `last_hidden_state`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -76,7 +81,29 @@ class ECGSequenceClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-def _conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, hidden_states: torch.Tensor) -> torch.Tensor:
+def _recomputing() -> bool:
+    """Whether this forward pass is gradient checkpointing's recomputation of a layer in the backward pass (torch
+    replays the layer inside the backward graph task; the first pass runs outside it)."""
+    if torch.compiler.is_compiling():
+        return False
+    graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return graph_task_id is not None and graph_task_id() != -1
+
+
+def _batch_norm(bn: nn.BatchNorm2d, hidden_states: torch.Tensor, update_statistics: bool) -> torch.Tensor:
+    """`bn(hidden_states)`; in training mode without `update_statistics`, normalised with the batch statistics as
+    usual but leaving the running statistics as they are."""
+    if update_statistics or not bn.training or not bn.track_running_stats or type(bn) is not nn.BatchNorm2d:
+        return bn(hidden_states)
+    # the kernel of the first pass (checkpointing compares the tensors both passes save), updating copies
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    return F.batch_norm(hidden_states, bn.running_mean.clone(), bn.running_var.clone(), bn.weight, bn.bias, True,
+                        momentum, bn.eps)
+
+
+def _conv_bn(
+    conv: nn.Module, bn: nn.BatchNorm2d, hidden_states: torch.Tensor, update_statistics: bool = True
+) -> torch.Tensor:
     """Conv1d followed by batch norm on features of shape (batch, channels, 1, time); keeps their memory format.
 
     A plain ``nn.Conv1d`` is applied as the equivalent 2-D convolution (what ``conv1d`` does internally); in eval
@@ -89,7 +116,7 @@ def _conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, hidden_states: torch.Tensor) -
         hidden_states = conv(hidden_states.squeeze(2)).unsqueeze(2)
         if channels_last:
             hidden_states = hidden_states.contiguous(memory_format=torch.channels_last)
-        return bn(hidden_states)
+        return _batch_norm(bn, hidden_states, update_statistics)
     weight, bias = conv.weight, conv.bias
     fold = (
         type(bn) is nn.BatchNorm2d
@@ -105,11 +132,15 @@ def _conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, hidden_states: torch.Tensor) -
         hidden_states, weight.unsqueeze(2), bias, (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0]),
         conv.groups,
     )
-    return hidden_states if fold else bn(hidden_states)
+    return hidden_states if fold else _batch_norm(bn, hidden_states, update_statistics)
 
 
-class ECGResNetBasicBlock(nn.Module):
-    """Residual basic block: k-conv (stride) -> BN -> ReLU -> k-conv -> BN, + shortcut, ReLU."""
+class ECGResNetBasicBlock(GradientCheckpointingLayer):
+    """Residual basic block: k-conv (stride) -> BN -> ReLU -> k-conv -> BN, + shortcut, ReLU.
+
+    With gradient checkpointing the block is recomputed in the backward pass; its batch norms then normalise with
+    the batch statistics again without updating their running statistics a second time.
+    """
 
     expansion = 1
 
@@ -126,16 +157,18 @@ class ECGResNetBasicBlock(nn.Module):
             self.shortcut_bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        update = not (self.training and _recomputing())
         residual = hidden_states
         if self.shortcut_conv is not None:
-            residual = _conv_bn(self.shortcut_conv, self.shortcut_bn, hidden_states)
-        hidden_states = F.relu(_conv_bn(self.conv1, self.bn1, hidden_states), inplace=True)
-        hidden_states = _conv_bn(self.conv2, self.bn2, hidden_states)
+            residual = _conv_bn(self.shortcut_conv, self.shortcut_bn, hidden_states, update)
+        hidden_states = F.relu(_conv_bn(self.conv1, self.bn1, hidden_states, update), inplace=True)
+        hidden_states = _conv_bn(self.conv2, self.bn2, hidden_states, update)
         return F.relu(hidden_states.add_(residual), inplace=True)
 
 
-class ECGResNetBottleneckBlock(nn.Module):
-    """Residual bottleneck block (torchvision v1.5): 1x1 -> k-conv (stride) -> 1x1 (x4 channels), + shortcut."""
+class ECGResNetBottleneckBlock(GradientCheckpointingLayer):
+    """Residual bottleneck block (torchvision v1.5): 1x1 -> k-conv (stride) -> 1x1 (x4 channels), + shortcut;
+    checkpointed as [`ECGResNetBasicBlock`]."""
 
     expansion = 4
 
@@ -154,12 +187,13 @@ class ECGResNetBottleneckBlock(nn.Module):
             self.shortcut_bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        update = not (self.training and _recomputing())
         residual = hidden_states
         if self.shortcut_conv is not None:
-            residual = _conv_bn(self.shortcut_conv, self.shortcut_bn, hidden_states)
-        hidden_states = F.relu(_conv_bn(self.conv1, self.bn1, hidden_states), inplace=True)
-        hidden_states = F.relu(_conv_bn(self.conv2, self.bn2, hidden_states), inplace=True)
-        hidden_states = _conv_bn(self.conv3, self.bn3, hidden_states)
+            residual = _conv_bn(self.shortcut_conv, self.shortcut_bn, hidden_states, update)
+        hidden_states = F.relu(_conv_bn(self.conv1, self.bn1, hidden_states, update), inplace=True)
+        hidden_states = F.relu(_conv_bn(self.conv2, self.bn2, hidden_states, update), inplace=True)
+        hidden_states = _conv_bn(self.conv3, self.bn3, hidden_states, update)
         return F.relu(hidden_states.add_(residual), inplace=True)
 
 
@@ -206,20 +240,27 @@ class ECGResNet1d(nn.Module):
                 blocks.append(block(channels, width, kernel_size, stride if index == 0 else 1))
                 channels = width * block.expansion
             self.stages.append(nn.Sequential(*blocks))
+        self.strides = ([config.stem_stride] if config.stem_channels else []) + list(config.stage_strides)
 
     def forward(
         self,
         input_values: torch.Tensor,
         lead_mask: torch.Tensor | None,
         output_hidden_states: bool,
-        attention_mask: torch.Tensor | None = None,
+        time_mask: torch.Tensor | None = None,
     ) -> ECGEncoderOutput:
         if lead_mask is not None:
             input_values = torch.where(lead_mask[:, :, None], input_values, 0.0)
-        if attention_mask is not None:  # padded samples enter the convolutions as zeros
-            input_values = input_values * attention_mask[:, None, :].to(input_values.dtype)
+        if time_mask is not None:  # padded samples enter the convolutions as zeros
+            input_values = input_values * time_mask[:, None, :].to(input_values.dtype)
         memory_format = torch.contiguous_format if torch.is_grad_enabled() else torch.channels_last
         hidden_states = input_values.unsqueeze(2).contiguous(memory_format=memory_format)
+        if self.training and torch.is_grad_enabled() and not hidden_states.requires_grad and any(
+            getattr(block, "gradient_checkpointing", False) for block in self.stages[0]
+        ):
+            # reentrant checkpointing gives a block's weights gradients only when its input requires one; without a
+            # stem the first block reads the signal itself (transformers does the same for token embeddings)
+            hidden_states = hidden_states.detach().requires_grad_()
         all_hidden_states: list[torch.Tensor] = []
         if self.stem_conv is not None:
             hidden_states = F.relu(_conv_bn(self.stem_conv, self.stem_bn, hidden_states), inplace=True)
@@ -231,11 +272,28 @@ class ECGResNet1d(nn.Module):
             if output_hidden_states:
                 hidden_states = _record_hidden_state(hidden_states, all_hidden_states)
         features = hidden_states.squeeze(2)  # (batch, channels, time')
+        if time_mask is None:
+            pooled = features.mean(dim=-1)
+        else:  # average over the output positions whose stride window holds a recorded sample
+            weights = self.downsample_time_mask(time_mask, features.shape[-1]).to(features.dtype)
+            pooled = (features * weights[:, None, :]).sum(dim=-1) / weights.sum(dim=-1, keepdim=True).clamp(min=1.0)
         return ECGEncoderOutput(
             last_hidden_state=features.transpose(1, 2),
-            pooler_output=features.mean(dim=-1),
+            pooler_output=pooled,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
         )
+
+    def downsample_time_mask(self, time_mask: torch.Tensor, length: int) -> torch.Tensor:
+        """`time_mask` (batch, time) at the resolution of the final feature map (batch, `length`): a position counts
+        when its stride window holds a recorded sample."""
+        mask = time_mask.to(torch.float32)[:, None, :]
+        for stride in self.strides:
+            if stride > 1:
+                mask = F.max_pool1d(mask, kernel_size=stride, stride=stride, ceil_mode=True)
+        mask = mask[:, 0]
+        if mask.shape[-1] != length:  # other padding arithmetic: nearest-neighbour resampling
+            mask = F.interpolate(mask[:, None], size=length, mode="nearest")[:, 0]
+        return mask > 0
 
 
 class ECGViTEmbeddings(nn.Module):
@@ -338,10 +396,10 @@ class ECGLeadViT(nn.Module):
         input_values: torch.Tensor,
         lead_mask: torch.Tensor | None,
         output_hidden_states: bool,
-        attention_mask: torch.Tensor | None = None,
+        time_mask: torch.Tensor | None = None,
     ) -> ECGEncoderOutput:
         batch_size, num_leads, length = input_values.shape
-        masked = lead_mask is not None or attention_mask is not None
+        masked = lead_mask is not None or time_mask is not None
         if lead_mask is None:
             lead_mask = torch.ones(batch_size, num_leads, dtype=torch.bool, device=input_values.device)
         else:
@@ -351,10 +409,11 @@ class ECGLeadViT(nn.Module):
         hidden_states = self.embeddings(input_values)
         num_patches = hidden_states.shape[1] // num_leads
         patch_mask = lead_mask[:, :, None].expand(batch_size, num_leads, num_patches)
-        if attention_mask is not None:  # (batch, time): a patch without any real sample is padding
-            real_patches = attention_mask.bool().reshape(batch_size, num_patches, -1).any(dim=-1)
+        if time_mask is not None:  # (batch, time): a patch without any recorded sample is padding
+            real_patches = time_mask.bool().reshape(batch_size, num_patches, -1).any(dim=-1)
             patch_mask = patch_mask & real_patches[:, None, :]
         token_mask = patch_mask.reshape(batch_size, -1)
+        attention_mask = None
         if masked:  # without masks every token is attended to, with no data-dependent branch (torch.export)
             attention_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]
         all_hidden_states = [hidden_states] if output_hidden_states else []
@@ -369,7 +428,7 @@ class ECGLeadViT(nn.Module):
             last_hidden_state=hidden_states,
             pooler_output=pooled,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            token_mask=token_mask,
+            token_mask=token_mask if masked else None,
         )
 
 
@@ -398,15 +457,8 @@ class ECGEncoderPreTrainedModel(PreTrainedModel):
     config: ECGEncoderConfig
     base_model_prefix = "ecg_encoder"
     main_input_name = "input_values"
-    supports_gradient_checkpointing = True  # ViT layers; the ResNets declare False on the instance (see __init__)
-    _no_split_modules = ["ECGViTLayer"]
-
-    def __init__(self, config: ECGEncoderConfig, *inputs: Any, **kwargs: Any) -> None:
-        super().__init__(config, *inputs, **kwargs)
-        if config.backbone_family == "resnet1d":
-            # Recomputing a residual block in the backward pass would update its batch-norm running statistics a
-            # second time, so the ResNets are not checkpointed.
-            self.supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # ViT layers and ResNet blocks are GradientCheckpointingLayers
+    _no_split_modules = ["ECGViTLayer", "ECGResNetBasicBlock", "ECGResNetBottleneckBlock"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -482,7 +534,7 @@ class ECGEncoderModel(ECGEncoderPreTrainedModel):
         self,
         input_values: torch.Tensor,
         lead_mask: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        time_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ECGEncoderOutput | tuple:
@@ -490,9 +542,10 @@ class ECGEncoderModel(ECGEncoderPreTrainedModel):
         Args:
             input_values (`torch.FloatTensor` of shape (batch, num_leads, time)): ECG samples.
             lead_mask (`torch.BoolTensor` of shape (batch, num_leads), *optional*): True for recorded leads.
-            attention_mask (`torch.LongTensor` of shape (batch, time), *optional*): 1 for real samples, 0 for
-                padding (as the feature extractor returns it). The ViT drops patches without real samples from
-                attention and pooling; the ResNets see padding as zeros.
+            time_mask (`torch.LongTensor` or `torch.BoolTensor` of shape (batch, time), *optional*): 1 for recorded
+                samples, 0 for padding (as the feature extractor returns it). The ViT drops patches without recorded
+                samples from attention and pooling; the ResNets see padding as zeros and pool over the positions
+                that see a recorded sample.
             output_hidden_states (`bool`, *optional*): Return the per-stage / per-layer hidden states.
             return_dict (`bool`, *optional*): Return an [`ECGEncoderOutput`] instead of a tuple.
         """
@@ -501,12 +554,12 @@ class ECGEncoderModel(ECGEncoderPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         lead_mask = self._check_inputs(input_values, lead_mask)
-        if attention_mask is not None and attention_mask.shape != (input_values.shape[0], input_values.shape[-1]):
+        if time_mask is not None and time_mask.shape != (input_values.shape[0], input_values.shape[-1]):
             raise ValueError(
-                f"attention_mask must have shape (batch, time) = {(input_values.shape[0], input_values.shape[-1])}, "
-                f"got {tuple(attention_mask.shape)}"
+                f"time_mask must have shape (batch, time) = {(input_values.shape[0], input_values.shape[-1])}, "
+                f"got {tuple(time_mask.shape)}"
             )
-        outputs = self.encoder(input_values, lead_mask, bool(output_hidden_states), attention_mask)
+        outputs = self.encoder(input_values, lead_mask, bool(output_hidden_states), time_mask)
         return outputs if return_dict else outputs.to_tuple()
 
 
@@ -527,7 +580,7 @@ class ECGEncoderForSequenceClassification(ECGEncoderPreTrainedModel):
         self,
         input_values: torch.Tensor,
         lead_mask: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        time_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -536,13 +589,13 @@ class ECGEncoderForSequenceClassification(ECGEncoderPreTrainedModel):
         Args:
             input_values (`torch.FloatTensor` of shape (batch, num_leads, time)): ECG samples.
             lead_mask (`torch.BoolTensor` of shape (batch, num_leads), *optional*): True for recorded leads.
-            attention_mask (`torch.LongTensor` of shape (batch, time), *optional*): 1 for real samples.
+            time_mask (`torch.LongTensor` of shape (batch, time), *optional*): 1 for recorded samples, 0 for padding.
             labels (`torch.Tensor`, *optional*): (batch, num_labels) multi-hot floats (multi-label), (batch,)
                 class indices (single-label) or (batch,) / (batch, num_labels) targets (regression).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.ecg_encoder(
-            input_values, lead_mask=lead_mask, attention_mask=attention_mask,
+            input_values, lead_mask=lead_mask, time_mask=time_mask,
             output_hidden_states=output_hidden_states, return_dict=True,
         )
         logits = self.classifier(outputs.pooler_output)

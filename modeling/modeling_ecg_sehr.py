@@ -3,9 +3,10 @@
 The shared ECG dual encoder ([`ECGDualEncoderModel`]) with sEHR-BERT ([`SEHRBertModel`]) as partner tower: an ECG
 and the medical codes of its patient within a year before and after it (`cardiomm.data.pairing`) are mapped into
 one joint space Ω_es and aligned with the ConVIRT loss (λ_es = 0.5, τ = 0.1). sEHR-BERT's embeddings and first
-`freeze_ehr_layers` layers are frozen exactly (no gradients, no autograd graph, eval mode), as the text tower of
-the ECG–report model. sEHR inputs are those of `MedicalCodeTokenizer`: `input_ids`, `attention_mask`, `time_ids`,
-`type_ids` (time ids relative to the ECG acquisition, `reference_time`).
+`freeze_ehr_layers` layers are locked (no gradients, no autograd graph, eval mode), as the text tower of the
+ECG–report model. The code inputs are those of `MedicalCodeTokenizer` with the `ehr_` prefix of the composite
+models: `ehr_input_ids`, `ehr_attention_mask`, `ehr_time_ids`, `ehr_type_ids` (time ids relative to the ECG
+acquisition, `reference_time`), as `ECGSEHRProcessor` returns them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from transformers.utils import ModelOutput
 from .configuration_ecg_encoder import ECGEncoderConfig
 from .configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .configuration_sehr_bert import SEHRBertConfig
+from .modeling_ecg_contrastive import ECGDualEncoderModel, ehr_tower_inputs
 from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput
-from .modeling_ecg_text import ECGContrastivePreTrainedModel, ECGDualEncoderModel
 from .modeling_sehr_bert import SEHRBertModel
 
 
@@ -61,16 +62,7 @@ class ECGSEHROutput(ModelOutput):
         )
 
 
-class ECGSEHRPreTrainedModel(ECGContrastivePreTrainedModel):
-    """Base class of the ECG–sEHR dual encoder: configuration class and prefixes."""
-
-    config_class = ECGSEHRDualEncoderConfig
-    config: ECGSEHRDualEncoderConfig
-    base_model_prefix = "ecg_sehr_dual_encoder"
-    input_modalities = ("ecg", "ehr")
-
-
-class ECGSEHRDualEncoder(ECGDualEncoderModel, ECGSEHRPreTrainedModel):
+class ECGSEHRDualEncoder(ECGDualEncoderModel):
     """ECG–sEHR contrastive dual encoder.
 
     Args:
@@ -79,7 +71,10 @@ class ECGSEHRDualEncoder(ECGDualEncoderModel, ECGSEHRPreTrainedModel):
         ehr_model: an existing sEHR-BERT to use instead of building one from `config.ehr_config`.
     """
 
-    partner_modalities: ClassVar[tuple[str, ...]] = ("ehr",)
+    config_class = ECGSEHRDualEncoderConfig
+    config: ECGSEHRDualEncoderConfig
+    base_model_prefix = "ecg_sehr_dual_encoder"
+    input_modalities = ("ecg", "ehr")
     tower_classes: ClassVar[dict[str, type[PreTrainedModel]]] = {"ehr": SEHRBertModel}
 
     def __init__(
@@ -92,48 +87,71 @@ class ECGSEHRDualEncoder(ECGDualEncoderModel, ECGSEHRPreTrainedModel):
 
     def get_ehr_features(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        time_ids: torch.Tensor | None = None,
-        type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Projected sEHR embeddings in Ω_es, shape (batch, projection_dim), *not* L2-normalised.
+        ehr_input_ids: torch.Tensor,
+        ehr_attention_mask: torch.Tensor | None = None,
+        ehr_time_ids: torch.Tensor | None = None,
+        ehr_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple:
+        """sEHR-BERT's output with `pooler_output` replaced by the projected sEHR embedding in Ω_es, shape
+        (batch, projection_dim), *not* L2-normalised.
 
         Args:
-            input_ids: code token ids, (batch, codes).
-            attention_mask: (batch, codes), 1 for codes and 0 for padding.
-            time_ids: (batch, codes) weekly time ids.
-            type_ids: (batch, codes) code-type ids.
+            ehr_input_ids: code token ids, (batch, codes).
+            ehr_attention_mask: (batch, codes), 1 for codes and 0 for padding.
+            ehr_time_ids: (batch, codes) weekly time ids.
+            ehr_type_ids: (batch, codes) code-type ids.
+            output_hidden_states / output_attentions: also return sEHR-BERT's hidden states / attentions.
+            return_dict: return a `ModelOutput` (default) or a tuple.
         """
-        return self.get_partner_features(input_ids=input_ids, attention_mask=attention_mask, time_ids=time_ids,
-                                         type_ids=type_ids)
+        inputs = ehr_tower_inputs(ehr_input_ids, ehr_attention_mask, ehr_time_ids, ehr_type_ids)
+        return self.get_partner_features("ehr", inputs, output_hidden_states, output_attentions, return_dict)
 
     def forward(
         self,
         input_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        time_ids: torch.Tensor | None = None,
-        type_ids: torch.Tensor | None = None,
+        ehr_input_ids: torch.Tensor,
+        ehr_attention_mask: torch.Tensor | None = None,
+        ehr_time_ids: torch.Tensor | None = None,
+        ehr_type_ids: torch.Tensor | None = None,
         lead_mask: torch.Tensor | None = None,
+        time_mask: torch.Tensor | None = None,
         return_loss: bool = True,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> ECGSEHROutput | tuple:
         """
         Args:
             input_values (`torch.FloatTensor` of shape (batch, num_leads, time)): ECGs.
-            input_ids (`torch.LongTensor` of shape (batch, codes)): code sequences, row `i` paired with ECG `i`.
-            attention_mask (`torch.LongTensor` of shape (batch, codes), *optional*): 1 for codes, 0 for padding.
-            time_ids (`torch.LongTensor` of shape (batch, codes), *optional*): weekly time ids.
-            type_ids (`torch.LongTensor` of shape (batch, codes), *optional*): code-type ids.
+            ehr_input_ids (`torch.LongTensor` of shape (batch, codes)): code sequences, row `i` paired with ECG `i`.
+            ehr_attention_mask (`torch.LongTensor` of shape (batch, codes), *optional*): 1 for codes, 0 for padding.
+            ehr_time_ids (`torch.LongTensor` of shape (batch, codes), *optional*): weekly time ids.
+            ehr_type_ids (`torch.LongTensor` of shape (batch, codes), *optional*): code-type ids.
             lead_mask (`torch.BoolTensor` of shape (batch, num_leads), *optional*): True for recorded leads.
+            time_mask (`torch.LongTensor` of shape (batch, time), *optional*): 1 for recorded ECG samples.
             return_loss (`bool`, defaults to `True`): compute the contrastive loss.
+            output_hidden_states / output_attentions (`bool`, *optional*): also return the towers' hidden states
+                (both towers) / attentions (sEHR-BERT), in `ecg_model_output` / `ehr_model_output`.
             return_dict (`bool`, *optional*): return an [`ECGSEHROutput`] instead of a tuple.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        ehr_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "time_ids": time_ids,
-                      "type_ids": type_ids}
-        output = ECGSEHROutput(**self.dual_encoder_forward(input_values, ehr_inputs, lead_mask, return_loss))
+        ehr_inputs = ehr_tower_inputs(ehr_input_ids, ehr_attention_mask, ehr_time_ids, ehr_type_ids)
+        pair = self.forward_pair(input_values, ehr_inputs, lead_mask, time_mask, return_loss,
+                                 output_hidden_states, output_attentions)
+        output = ECGSEHROutput(
+            loss=pair.loss,
+            contrastive_loss=pair.contrastive_loss,
+            unimodal_alignment_loss=pair.unimodal_alignment_loss,
+            logits_per_ecg=pair.logits_per_ecg,
+            logits_per_ehr=pair.logits_per_ecg.t(),
+            ecg_embeds=pair.ecg_embeds,
+            ehr_embeds=pair.partner_embeds,
+            ecg_model_output=pair.ecg_model_output,
+            ehr_model_output=pair.partner_model_output,
+        )
         return output if return_dict else output.to_tuple()
 
     @classmethod
@@ -157,15 +175,7 @@ class ECGSEHRDualEncoder(ECGDualEncoderModel, ECGSEHRPreTrainedModel):
             config_kwargs: fields of [`ECGSEHRDualEncoderConfig`].
         """
         ecg_model = cls.load_ecg_tower(ecg_model_name_or_path, **(ecg_model_kwargs or {}))
-        ehr_source = None
-        if isinstance(ehr_model_name_or_path, SEHRBertConfig):
-            ehr_model = SEHRBertModel(ehr_model_name_or_path)
-        elif isinstance(ehr_model_name_or_path, PreTrainedModel):
-            ehr_model = getattr(ehr_model_name_or_path, "sehr_bert", ehr_model_name_or_path)
-            ehr_source = ehr_model_name_or_path.config.name_or_path or None
-        else:
-            ehr_model = SEHRBertModel.from_pretrained(ehr_model_name_or_path, **(ehr_model_kwargs or {}))
-            ehr_source = str(ehr_model_name_or_path)
+        ehr_model, ehr_source = cls.load_ehr_tower(ehr_model_name_or_path, **(ehr_model_kwargs or {}))
         config_kwargs.setdefault("ehr_model_name_or_path", ehr_source)
         config = ECGSEHRDualEncoderConfig.from_ecg_ehr_configs(ecg_model.config, ehr_model.config, **config_kwargs)
         return cls(config, ecg_model=ecg_model, ehr_model=ehr_model)
@@ -173,4 +183,4 @@ class ECGSEHRDualEncoder(ECGDualEncoderModel, ECGSEHRPreTrainedModel):
 
 ECGSEHRDualEncoder.register_for_auto_class("AutoModel")
 
-__all__ = ["ECGSEHROutput", "ECGSEHRPreTrainedModel", "ECGSEHRDualEncoder"]
+__all__ = ["ECGSEHROutput", "ECGSEHRDualEncoder"]

@@ -14,7 +14,6 @@ decoder shares its weight matrix with the code embeddings (``config.tie_word_emb
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -151,11 +150,11 @@ class SEHRBertPreTrainedModel(PreTrainedModel):
 class SEHRBertModel(SEHRBertPreTrainedModel):
     """sEHR-BERT encoder returning per-code states and a pooled sequence embedding (`config.pooling`)."""
 
-    def __init__(self, config: SEHRBertConfig) -> None:
+    def __init__(self, config: SEHRBertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config)
         self.embeddings = SEHRBertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config) if config.pooling == "cls" else None
+        self.pooler = BertPooler(config) if config.pooling == "cls" and add_pooling_layer else None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -208,6 +207,7 @@ class SEHRBertModel(SEHRBertPreTrainedModel):
 class SEHRBertForMaskedLM(SEHRBertPreTrainedModel):
     """sEHR-BERT with BERT's masked-language-model head; the decoder is tied to the code embeddings."""
 
+    _keys_to_ignore_on_load_unexpected = [r"pooler"]
     _tied_weights_keys = {
         "cls.predictions.decoder.weight": "sehr_bert.embeddings.code_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
@@ -215,26 +215,11 @@ class SEHRBertForMaskedLM(SEHRBertPreTrainedModel):
 
     def __init__(self, config: SEHRBertConfig) -> None:
         super().__init__(config)
-        self.sehr_bert = SEHRBertModel(config)
+        # the MLM loss never reaches a pooler: none is built (as BERT's MLM model), and a checkpoint that has one
+        # (a fine-tuned `SEHRBertModel`) loads without it
+        self.sehr_bert = SEHRBertModel(config, add_pooling_layer=False)
         self.cls = BertOnlyMLMHead(config)
         self.post_init()
-        self._freeze_unused_pooler()
-
-    def _freeze_unused_pooler(self) -> None:
-        """The `pooling="cls"` pooler is kept (the checkpoint loads into `SEHRBertModel`), but the MLM loss never
-        reaches it: it gets `requires_grad=False` rather than parameters that never receive a gradient."""
-        if self.sehr_bert.pooler is not None:
-            self.sehr_bert.pooler.requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        """[`PreTrainedModel.from_pretrained`], then freezes the unused pooler again (loading creates new
-        parameters, all with `requires_grad=True`)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if isinstance(model, SEHRBertForMaskedLM):
-            model._freeze_unused_pooler()
-        return loaded
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder

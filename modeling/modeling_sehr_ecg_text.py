@@ -1,7 +1,7 @@
 """sEHR–ECG–Text tri-modal contrastive model (Lalam et al., Section 3.2; after MMV, Alayrac et al. 2020).
 
-Three towers on the shared ECG contrastive machinery ([`ECGContrastiveModel`]): the ECG encoder, sEHR-BERT
-([`SEHRBertModel`]) and a text encoder (any transformers model; GatorTron in the paper). Two joint spaces:
+Three towers on the ECG contrastive core ([`ECGContrastiveModel`], `modeling_ecg_contrastive`): the ECG encoder,
+sEHR-BERT ([`SEHRBertModel`]) and a text encoder (any transformers model; GatorTron in the paper). Two joint spaces:
 
 * fine, Ω_es: `ecg_projection` (P_e→es) and `ehr_projection` (P_s→es); ECG and sEHR are contrasted here (L_es);
 * coarse, Ω_set: `text_projection` (P_t→set) maps the text there, and `fine_to_coarse_projection` (P_es→set) maps
@@ -10,7 +10,8 @@ Three towers on the shared ECG contrastive machinery ([`ECGContrastiveModel`]): 
 
 `loss = ecg_ehr_loss_weight · L_es + ecg_text_loss_weight · L_et`, both ConVIRT at τ = 1 / exp(logit_scale)
 (λ_es, λ_et). P_es→set takes the fine-space features before L2 normalisation; every embedding is L2-normalised
-before it is compared. Each partner tower has its own exact freezing (`freeze_ehr_layers`, `freeze_text_layers`).
+before it is compared; the logits of each pair are built once and the loss takes them. Each partner tower has its own
+locking (`freeze_ehr_layers`, `freeze_text_layers`).
 
 Zero-shot text→ECG retrieval happens in the coarse space: `get_text_features` against
 `get_ecg_features(..., space="coarse")` (the default, so that evaluation code pairing `get_ecg_features` with
@@ -25,19 +26,21 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_ecg_encoder import ECGEncoderConfig
 from .configuration_sehr_bert import SEHRBertConfig
 from .configuration_sehr_ecg_text import SEHRECGTextConfig
-from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput
-from .modeling_ecg_text import (
+from .contrastive_losses import contrastive_logits, local_logits, paired_contrastive_loss
+from .modeling_ecg_contrastive import (
     ECGContrastiveModel,
-    ECGContrastivePreTrainedModel,
     build_projection,
-    pair_contrastive_loss,
+    ehr_tower_inputs,
+    return_dict_of,
+    tower_options,
 )
+from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput
 from .modeling_sehr_bert import SEHRBertModel
 
 EMBEDDING_SPACES: tuple[str, ...] = ("fine", "coarse")
@@ -86,16 +89,7 @@ class SEHRECGTextOutput(ModelOutput):
         )
 
 
-class SEHRECGTextPreTrainedModel(ECGContrastivePreTrainedModel):
-    """Base class of the sEHR–ECG–Text model: configuration class and prefixes."""
-
-    config_class = SEHRECGTextConfig
-    config: SEHRECGTextConfig
-    base_model_prefix = "sehr_ecg_text"
-    input_modalities = ("ecg", "ehr", "text")
-
-
-class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
+class SEHRECGTextModel(ECGContrastiveModel):
     """sEHR–ECG–Text tri-modal contrastive model (MMV-style fine and coarse joint spaces).
 
     Args:
@@ -103,7 +97,10 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
         ecg_model / ehr_model / text_model: existing towers to use instead of building them from the sub-configs.
     """
 
-    partner_modalities: ClassVar[tuple[str, ...]] = ("ehr", "text")
+    config_class = SEHRECGTextConfig
+    config: SEHRECGTextConfig
+    base_model_prefix = "sehr_ecg_text"
+    input_modalities = ("ecg", "ehr", "text")
     tower_classes: ClassVar[dict[str, type[PreTrainedModel]]] = {"ehr": SEHRBertModel}
 
     def __init__(
@@ -120,48 +117,65 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
         self.text_projection = build_projection(config.text_config.hidden_size, config, "text", out_features=coarse)
         self.fine_to_coarse_projection = build_projection(config.projection_dim, config, "fine", out_features=coarse)
         self.init_logit_scale()
-        self._install_freezing()
         self.post_init()
 
     # ------------------------------------------------------------------------------------------------ features
     def _to_space(self, fine_features: torch.Tensor, space: str) -> torch.Tensor:
-        if space not in EMBEDDING_SPACES:
-            raise ValueError(f"space must be one of {EMBEDDING_SPACES}, got {space!r}")
         return fine_features if space == "fine" else self.fine_to_coarse_projection(fine_features)
 
     def get_ecg_features(
-        self, input_values: torch.Tensor, lead_mask: torch.Tensor | None = None, space: str = "coarse"
-    ) -> torch.Tensor:
-        """Projected ECG embeddings, *not* L2-normalised: in the coarse space Ω_set (default; comparable with
-        `get_text_features`), shape (batch, coarse_projection_dim), or in the fine space Ω_es (`space="fine"`;
-        comparable with `get_ehr_features`), shape (batch, projection_dim).
+        self,
+        input_values: torch.Tensor,
+        lead_mask: torch.Tensor | None = None,
+        time_mask: torch.Tensor | None = None,
+        space: str = "coarse",
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ECGEncoderOutput | tuple:
+        """The ECG tower's output with `pooler_output` replaced by the projected ECG embedding, *not*
+        L2-normalised: in the coarse space Ω_set (default; comparable with `get_text_features`), shape
+        (batch, coarse_projection_dim), or in the fine space Ω_es (`space="fine"`; comparable with
+        `get_ehr_features`), shape (batch, projection_dim).
 
         Args:
             input_values: ECGs, (batch, num_leads, time).
             lead_mask: (batch, num_leads) bool, True for recorded leads.
+            time_mask: (batch, time), 1 for recorded samples, 0 for padding.
             space: `"coarse"` or `"fine"`.
+            output_hidden_states: also return the tower's hidden states.
+            return_dict: return a `ModelOutput` (default) or a tuple.
         """
-        latent, _ = self._encode_ecg(input_values, lead_mask)
-        return self._to_space(self.ecg_projection(latent), space)
+        _check_space(space)
+        outputs = self.encode_ecg(input_values, lead_mask, time_mask, output_hidden_states=output_hidden_states)
+        outputs.pooler_output = self._to_space(self.ecg_projection(outputs.pooler_output), space)
+        return outputs if return_dict_of(self.config, return_dict) else outputs.to_tuple()
 
     def get_ehr_features(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        time_ids: torch.Tensor | None = None,
-        type_ids: torch.Tensor | None = None,
+        ehr_input_ids: torch.Tensor,
+        ehr_attention_mask: torch.Tensor | None = None,
+        ehr_time_ids: torch.Tensor | None = None,
+        ehr_type_ids: torch.Tensor | None = None,
         space: str = "fine",
-    ) -> torch.Tensor:
-        """Projected sEHR embeddings, *not* L2-normalised, in the fine space Ω_es (default) or, through P_es→set,
-        the coarse space Ω_set.
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple:
+        """sEHR-BERT's output with `pooler_output` replaced by the projected sEHR embedding, *not* L2-normalised, in
+        the fine space Ω_es (default) or, through P_es→set, the coarse space Ω_set.
 
         Args:
-            input_ids / attention_mask / time_ids / type_ids: `MedicalCodeTokenizer` outputs, (batch, codes).
+            ehr_input_ids / ehr_attention_mask / ehr_time_ids / ehr_type_ids: `MedicalCodeTokenizer` outputs,
+                (batch, codes).
             space: `"fine"` or `"coarse"`.
+            output_hidden_states / output_attentions: also return sEHR-BERT's hidden states / attentions.
+            return_dict: return a `ModelOutput` (default) or a tuple.
         """
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "time_ids": time_ids, "type_ids": type_ids}
-        pooled, _ = self._encode_partner("ehr", inputs)
-        return self._to_space(self.ehr_projection(pooled), space)
+        _check_space(space)
+        inputs = ehr_tower_inputs(ehr_input_ids, ehr_attention_mask, ehr_time_ids, ehr_type_ids)
+        outputs = self.get_partner_features("ehr", inputs, output_hidden_states, output_attentions, return_dict=True)
+        outputs.pooler_output = self._to_space(outputs.pooler_output, space)
+        return outputs if return_dict_of(self.config, return_dict) else outputs.to_tuple()
 
     def get_input_embeddings(self) -> torch.nn.Module:
         """The token embeddings of the text tower (the tower that reads `input_ids`)."""
@@ -175,18 +189,22 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Projected text embeddings in the coarse space Ω_set, shape (batch, coarse_projection_dim), *not*
-        L2-normalised.
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple:
+        """The text tower's output with `pooler_output` replaced by the projected text embedding in the coarse
+        space Ω_set, shape (batch, coarse_projection_dim), *not* L2-normalised.
 
         Args:
             input_ids: token ids, (batch, tokens).
             attention_mask: (batch, tokens), 1 for real tokens and 0 for padding.
             token_type_ids: (batch, tokens), optional segment ids.
+            output_hidden_states / output_attentions: also return the text tower's hidden states / attentions.
+            return_dict: return a `ModelOutput` (default) or a tuple.
         """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        pooled, _ = self._encode_partner("text", inputs)
-        return self.text_projection(pooled)
+        return self.get_partner_features("text", inputs, output_hidden_states, output_attentions, return_dict)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
@@ -200,7 +218,10 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         lead_mask: torch.Tensor | None = None,
+        time_mask: torch.Tensor | None = None,
         return_loss: bool = True,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> SEHRECGTextOutput | tuple:
         """
@@ -213,42 +234,44 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
             attention_mask (`torch.LongTensor` of shape (batch, tokens), *optional*): 1 for real text tokens.
             token_type_ids (`torch.LongTensor` of shape (batch, tokens), *optional*): text segment ids.
             lead_mask (`torch.BoolTensor` of shape (batch, num_leads), *optional*): True for recorded leads.
+            time_mask (`torch.LongTensor` of shape (batch, time), *optional*): 1 for recorded ECG samples.
             return_loss (`bool`, defaults to `True`): compute L_es and L_et.
+            output_hidden_states / output_attentions (`bool`, *optional*): also return the towers' hidden states /
+                attentions (sEHR-BERT and text tower) in their `*_model_output`.
             return_dict (`bool`, *optional*): return a [`SEHRECGTextOutput`] instead of a tuple.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
-        ecg_latent, ecg_outputs = self._encode_ecg(input_values, lead_mask)
-        ehr_pooled, ehr_outputs = self._encode_partner("ehr", {
-            "input_ids": ehr_input_ids, "attention_mask": ehr_attention_mask, "time_ids": ehr_time_ids,
-            "type_ids": ehr_type_ids,
-        })
-        text_pooled, text_outputs = self._encode_partner("text", {
-            "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-        })
-        ecg_fine = self.ecg_projection(ecg_latent)
+        tower_kwargs = tower_options(output_hidden_states, output_attentions)
+        ecg_outputs = self.encode_ecg(input_values, lead_mask, time_mask, **tower_options(output_hidden_states))
+        ehr_pooled, ehr_outputs = self.encode_partner(
+            "ehr", ehr_tower_inputs(ehr_input_ids, ehr_attention_mask, ehr_time_ids, ehr_type_ids), **tower_kwargs
+        )
+        text_pooled, text_outputs = self.encode_partner(
+            "text", {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
+            **tower_kwargs,
+        )
+        ecg_fine = self.ecg_projection(ecg_outputs.pooler_output)
         ecg_embeds = F.normalize(ecg_fine, dim=-1)
         ehr_embeds = F.normalize(self.ehr_projection(ehr_pooled), dim=-1)
         ecg_coarse_embeds = F.normalize(self.fine_to_coarse_projection(ecg_fine), dim=-1)
         text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
-        logit_scale = self.scale()
-        logits_per_ecg_ehr = logit_scale * ecg_embeds @ ehr_embeds.t()
-        logits_per_ecg_text = logit_scale * ecg_coarse_embeds @ text_embeds.t()
 
+        logit_scale = self.scale()
+        logits_ecg_ehr, logits_ehr_ecg = contrastive_logits(ecg_embeds, ehr_embeds, logit_scale)
+        logits_ecg_text, logits_text_ecg = contrastive_logits(ecg_coarse_embeds, text_embeds, logit_scale)
         loss = ecg_ehr_loss = ecg_text_loss = None
         if return_loss:
-            ecg_ehr_loss = pair_contrastive_loss(ecg_embeds, ehr_embeds, logit_scale, config.loss, config.lambda_es)
-            ecg_text_loss = pair_contrastive_loss(
-                ecg_coarse_embeds, text_embeds, logit_scale, config.loss, config.lambda_et
-            )
+            ecg_ehr_loss = paired_contrastive_loss(logits_ecg_ehr, logits_ehr_ecg, config.loss, config.lambda_es)
+            ecg_text_loss = paired_contrastive_loss(logits_ecg_text, logits_text_ecg, config.loss, config.lambda_et)
             loss = config.ecg_ehr_loss_weight * ecg_ehr_loss + config.ecg_text_loss_weight * ecg_text_loss
 
         output = SEHRECGTextOutput(
             loss=loss,
             ecg_ehr_loss=ecg_ehr_loss,
             ecg_text_loss=ecg_text_loss,
-            logits_per_ecg_ehr=logits_per_ecg_ehr,
-            logits_per_ecg_text=logits_per_ecg_text,
+            logits_per_ecg_ehr=local_logits(logits_ecg_ehr),
+            logits_per_ecg_text=local_logits(logits_ecg_text),
             ecg_embeds=ecg_embeds,
             ehr_embeds=ehr_embeds,
             ecg_coarse_embeds=ecg_coarse_embeds,
@@ -283,23 +306,8 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
             config_kwargs: fields of [`SEHRECGTextConfig`].
         """
         ecg_model = cls.load_ecg_tower(ecg_model_name_or_path, **(ecg_model_kwargs or {}))
-        ehr_source = text_source = None
-        if isinstance(ehr_model_name_or_path, SEHRBertConfig):
-            ehr_model = SEHRBertModel(ehr_model_name_or_path)
-        elif isinstance(ehr_model_name_or_path, PreTrainedModel):
-            ehr_model = getattr(ehr_model_name_or_path, "sehr_bert", ehr_model_name_or_path)
-            ehr_source = ehr_model_name_or_path.config.name_or_path or None
-        else:
-            ehr_model = SEHRBertModel.from_pretrained(ehr_model_name_or_path, **(ehr_model_kwargs or {}))
-            ehr_source = str(ehr_model_name_or_path)
-        if isinstance(text_model_name_or_path, PreTrainedModel):
-            text_model = text_model_name_or_path
-            text_source = text_model.config.name_or_path or None
-        elif isinstance(text_model_name_or_path, PreTrainedConfig):
-            text_model = AutoModel.from_config(text_model_name_or_path)
-        else:
-            text_model = AutoModel.from_pretrained(text_model_name_or_path, **(text_model_kwargs or {}))
-            text_source = str(text_model_name_or_path)
+        ehr_model, ehr_source = cls.load_ehr_tower(ehr_model_name_or_path, **(ehr_model_kwargs or {}))
+        text_model, text_source = cls.load_text_tower(text_model_name_or_path, **(text_model_kwargs or {}))
         config_kwargs.setdefault("ehr_model_name_or_path", ehr_source)
         config_kwargs.setdefault("text_model_name_or_path", text_source)
         config = SEHRECGTextConfig.from_tower_configs(ecg_model.config, ehr_model.config, text_model.config,
@@ -307,6 +315,11 @@ class SEHRECGTextModel(ECGContrastiveModel, SEHRECGTextPreTrainedModel):
         return cls(config, ecg_model=ecg_model, ehr_model=ehr_model, text_model=text_model)
 
 
+def _check_space(space: str) -> None:
+    if space not in EMBEDDING_SPACES:
+        raise ValueError(f"space must be one of {EMBEDDING_SPACES}, got {space!r}")
+
+
 SEHRECGTextModel.register_for_auto_class("AutoModel")
 
-__all__ = ["EMBEDDING_SPACES", "SEHRECGTextOutput", "SEHRECGTextPreTrainedModel", "SEHRECGTextModel"]
+__all__ = ["EMBEDDING_SPACES", "SEHRECGTextOutput", "SEHRECGTextModel"]

@@ -123,7 +123,7 @@ def test_preset_output_shapes_and_parameter_counts(backbone: str) -> None:
     if config.backbone_family == "vit":
         assert out.last_hidden_state.shape == (2, 12 * 10, config.hidden_size)
         assert len(out.hidden_states) == config.num_hidden_layers + 1
-        assert out.token_mask.shape == (2, 120) and bool(out.token_mask.all())
+        assert out.token_mask is None  # no lead_mask / time_mask: every token is attended
     else:
         total_stride = (config.stem_stride if config.stem_channels else 1) * math.prod(config.stage_strides)
         assert out.last_hidden_state.shape == (2, math.ceil(1000 / total_stride), config.hidden_size)
@@ -453,19 +453,19 @@ def test_loss_falls_on_a_toy_task(name: str, head: str, lr: float) -> None:
 
 
 def test_feature_extractor_output_feeds_the_model_directly() -> None:
-    """``model(**extractor(...))`` works: the extractor's time ``attention_mask`` is accepted."""
+    """``model(**extractor(...))`` works: the extractor's ``time_mask`` is a model input."""
     from cardiomm.processing.feature_extraction_ecg import ECGFeatureExtractor
 
     fe = ECGFeatureExtractor(sampling_rate=500, crop_length=1000)
     model = ECGEncoderModel(ECGEncoderConfig(backbone="resnet1d_8")).eval()
     inputs = fe(np.random.default_rng(0).standard_normal((2, 12, 1500)).astype(np.float32), sampling_rate=500)
-    assert "attention_mask" in inputs
+    assert "time_mask" in inputs and "attention_mask" not in inputs
     with torch.no_grad():
         assert model(**inputs).pooler_output.shape == (2, 256)
 
 
 def test_vit_ignores_padded_patches() -> None:
-    """A record padded with extra patches (marked in attention_mask) embeds like the unpadded record."""
+    """A record padded with extra patches (marked in time_mask) embeds like the unpadded record."""
     torch.manual_seed(0)
     model = ECGEncoderModel(ECGEncoderConfig(backbone="vit_tiny", num_hidden_layers=2, max_length=1000)).eval()
     x = torch.randn(1, 12, 600)
@@ -473,9 +473,58 @@ def test_vit_ignores_padded_patches() -> None:
     mask = torch.cat([torch.ones(1, 600), torch.zeros(1, 400)], dim=-1).long()
     with torch.no_grad():
         ref = model(input_values=x).pooler_output
-        out = model(input_values=padded, attention_mask=mask).pooler_output
+        out = model(input_values=padded, time_mask=mask).pooler_output
         unmasked = model(input_values=padded).pooler_output
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(unmasked, ref, atol=1e-3)
-    with pytest.raises(ValueError, match="attention_mask"):
-        model(input_values=x, attention_mask=torch.ones(1, 10))
+    with pytest.raises(ValueError, match="time_mask"):
+        model(input_values=x, time_mask=torch.ones(1, 10))
+
+
+def test_resnet_embedding_does_not_depend_on_padding_values() -> None:
+    """With ``time_mask``, the ResNet sees padding as zeros and pools over recorded positions only: whatever the
+    padded samples hold, the embedding is the same, and it differs from pooling over the padding."""
+    torch.manual_seed(0)
+    model = ECGEncoderModel(ECGEncoderConfig(backbone="resnet1d_18")).eval()
+    x = torch.randn(2, 12, 600)
+    mask = torch.cat([torch.ones(2, 600), torch.zeros(2, 400)], dim=-1).long()
+    mask[1] = 1  # the second record fills the window
+    with torch.no_grad():
+        outs = [model(torch.cat([x, torch.full((2, 12, 400), value)], dim=-1), time_mask=mask).pooler_output
+                for value in (7.0, -3.0)]
+        unmasked = model(torch.cat([x, torch.zeros(2, 12, 400)], dim=-1)).pooler_output
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
+    assert not torch.allclose(outs[0][0], unmasked[0], atol=1e-4)  # pooled over recorded positions only
+    downsampled = model.encoder.downsample_time_mask(mask, 63)  # 1000 samples at a total stride of 16
+    assert downsampled.shape == (2, 63) and downsampled[0].sum() == 38 and downsampled[1].all()
+
+
+@pytest.mark.parametrize("backbone", ["resnet1d_18", "resnet1d_50"])
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_resnet_gradient_checkpointing_keeps_gradients_and_batch_norm_statistics(
+    backbone, use_reentrant, monkeypatch
+) -> None:
+    """Recomputing the blocks in the backward pass gives the gradients of a plain run and updates each batch norm's
+    running statistics once, as the plain run does."""
+    from cardiomm.modeling import modeling_ecg_encoder
+
+    config = ECGEncoderConfig(backbone=backbone, num_labels=3, stage_depths=[1, 1, 1, 1])
+    torch.manual_seed(0)
+    plain = ECGEncoderForSequenceClassification(config).train()
+    checkpointed = ECGEncoderForSequenceClassification(config).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    x, labels = torch.randn(4, 12, 500, requires_grad=use_reentrant), torch.tensor([0, 1, 2, 1])
+    passes: list[bool] = []
+    recomputing = modeling_ecg_encoder._recomputing
+    monkeypatch.setattr(modeling_ecg_encoder, "_recomputing", lambda: passes.append(recomputing()) or passes[-1])
+    plain(x, labels=labels).loss.backward()
+    assert passes and not any(passes)  # a plain run computes each block once, outside the backward pass
+    passes.clear()
+    checkpointed(x, labels=labels).loss.backward()
+    assert passes.count(True) == passes.count(False) == 4  # every block again in the backward pass
+    plain_state, checkpointed_state = plain.state_dict(), checkpointed.state_dict()
+    for name, value in plain_state.items():  # running statistics and num_batches_tracked: updated once
+        torch.testing.assert_close(checkpointed_state[name], value, rtol=0, atol=0, msg=name)
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)

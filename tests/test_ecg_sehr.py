@@ -4,8 +4,8 @@ Known answers: the ECG–sEHR model reuses the ECG dual encoder (one forward, on
 its loss is Eq. 1 of Lalam et al. (ConVIRT, λ = 0.5, τ = 0.1); the tri-modal loss is L_es + L_et with the ECG
 reaching the coarse space through P_es→set; frozen sEHR / text prefixes get no gradient; checkpoints reload
 bit-identically with and without cardiomm; sEHR-BERT MLM, ECG–sEHR and tri-modal pre-training run through the
-shared Trainer with falling losses; and ECG–sEHR pre-training improves the linear-probe AUROC of held-out patients
-over a randomly initialised ECG encoder on the synthetic cohort, whose codes carry the probed conditions.
+shared training loop with falling losses; and ECG–sEHR pre-training improves the linear-probe AUROC of held-out
+patients over a randomly initialised ECG encoder on the synthetic cohort, whose codes carry the probed conditions.
 
 ``python tests/test_ecg_sehr.py --patients 300 --steps 600`` runs the linear-probe comparison at a larger scale
 and prints the numbers.
@@ -28,22 +28,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from transformers import AutoModel, BertConfig
+from transformers import AutoModel, AutoProcessor, BertConfig, PreTrainedModel
 
 import cardiomm  # noqa: F401  (registration)
 from cardiomm.data.ecg_dataset import load_ecg_dataset
-from cardiomm.data.pairing import CODE_TOKENIZER_FOLDER, SEHRECGTextPreprocessing, save_pairing_tables
-from cardiomm.data.synthetic import generate_cohort, save_synthetic_dataset
+from cardiomm.data.pairing import save_pairing_tables
+from cardiomm.synthetic import generate_cohort, save_synthetic_dataset
 from cardiomm.evaluation import linear_probe
 from cardiomm.evaluation.embeddings import embed_ecgs
 from cardiomm.modeling.configuration_ecg_encoder import ECGEncoderConfig
 from cardiomm.modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from cardiomm.modeling.configuration_sehr_bert import SEHRBertConfig
 from cardiomm.modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
-from cardiomm.modeling.contrastive_losses import clip_loss, convirt_loss
+from cardiomm.modeling.contrastive_losses import contrastive_logits, convirt_loss, embedding_clip_loss
+from cardiomm.modeling.modeling_ecg_contrastive import (
+    ECGContrastiveModel,
+    ECGContrastivePreTrainedModel,
+    ECGDualEncoderModel,
+)
 from cardiomm.modeling.modeling_ecg_encoder import ECGEncoderModel
 from cardiomm.modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
-from cardiomm.modeling.modeling_ecg_text import ECGDualEncoderModel, ECGTextDualEncoder
+from cardiomm.processing.processing_ecg_sehr import CODE_TOKENIZER_FOLDER
+from cardiomm.modeling.modeling_ecg_text import ECGTextDualEncoder
 from cardiomm.modeling.modeling_sehr_bert import SEHRBertForMaskedLM
 from cardiomm.modeling.modeling_sehr_ecg_text import SEHRECGTextModel
 from cardiomm.training.pretrain import pretrain
@@ -120,9 +126,17 @@ def text_batch(batch: int = BATCH, seed: int = 0) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------- ECG-sEHR model
 def test_ecg_sehr_reuses_the_dual_encoder_and_has_the_paper_defaults() -> None:
     assert issubclass(ECGSEHRDualEncoder, ECGDualEncoderModel) and issubclass(ECGTextDualEncoder, ECGDualEncoderModel)
-    for name in ("dual_encoder_forward", "_encode_partner", "_install_freezing", "apply_freezing", "train",
-                 "get_ecg_features"):
+    assert issubclass(SEHRECGTextModel, ECGContrastiveModel)
+    for name in ("forward_pair", "encode_ecg", "encode_partner", "get_partner_features", "lock", "locked_modules",
+                 "train", "get_ecg_features", "_init_weights"):
         assert name not in ECGSEHRDualEncoder.__dict__ and name not in ECGTextDualEncoder.__dict__, name
+    for name in ("encode_ecg", "encode_partner", "lock", "locked_modules", "train", "_init_weights"):
+        assert name not in SEHRECGTextModel.__dict__, name
+    # one PreTrainedModel for the whole family: no per-model base class, no diamond
+    for model_class in (ECGTextDualEncoder, ECGSEHRDualEncoder, SEHRECGTextModel):
+        direct = [c for c in model_class.__mro__ if PreTrainedModel in c.__bases__]
+        assert direct == [ECGContrastivePreTrainedModel], (model_class.__name__, direct)
+        assert all(len(c.__bases__) == 1 for c in model_class.__mro__[: model_class.__mro__.index(PreTrainedModel)])
     config = ECGSEHRDualEncoderConfig()
     assert (config.loss, config.convirt_lambda, config.freeze_ehr_layers) == ("convirt", 0.5, 3)
     assert math.exp(-config.logit_scale_init_value) == pytest.approx(0.1)  # tau
@@ -134,30 +148,39 @@ def test_ecg_sehr_reuses_the_dual_encoder_and_has_the_paper_defaults() -> None:
 
 def test_ecg_sehr_forward_is_the_convirt_loss_of_eq_1() -> None:
     model = tiny_model().eval()
-    batch = {**ecg_batch(), **code_batch()}
+    codes = code_batch(prefix="ehr_")
+    batch = {**ecg_batch(), **codes}
     out = model(**batch)
     assert out.logits_per_ecg.shape == (BATCH, BATCH) and torch.equal(out.logits_per_ehr, out.logits_per_ecg.T)
     torch.testing.assert_close(out.ecg_embeds.norm(dim=-1), torch.ones(BATCH))
-    expected = convirt_loss(out.ecg_embeds, out.ehr_embeds, temperature=0.1, lambda_=0.5)
+    # Eq. 1 written out: λ · CE(ECG → sEHR) + (1 − λ) · CE(sEHR → ECG) over cosine similarities / τ
+    labels = torch.arange(BATCH)
+    similarities = out.ecg_embeds @ out.ehr_embeds.T / 0.1
+    eq_1 = 0.5 * F.cross_entropy(similarities, labels) + 0.5 * F.cross_entropy(similarities.T, labels)
+    torch.testing.assert_close(out.loss, eq_1)
+    expected = convirt_loss(*contrastive_logits(out.ecg_embeds, out.ehr_embeds, 1 / 0.1), lambda_=0.5)
     torch.testing.assert_close(out.loss, expected)
-    torch.testing.assert_close(out.loss, clip_loss(out.ecg_embeds, out.ehr_embeds, 10.0))  # λ = 0.5: symmetric
+    torch.testing.assert_close(out.loss, embedding_clip_loss(out.ecg_embeds, out.ehr_embeds, 10.0))  # λ = 0.5
     torch.testing.assert_close(out.logits_per_ecg, 10.0 * out.ecg_embeds @ out.ehr_embeds.T)
-    # get_*_features: projected, not normalised, consistent with forward
-    ecg = model.get_ecg_features(batch["input_values"])
-    ehr = model.get_ehr_features(**{k: batch[k] for k in ("input_ids", "attention_mask", "time_ids", "type_ids")})
+    # get_*_features: the tower's output whose pooler_output is projected, not normalised, consistent with forward
+    ecg_output = model.get_ecg_features(batch["input_values"])
+    ehr_output = model.get_ehr_features(**codes)
+    torch.testing.assert_close(ehr_output.last_hidden_state, out.ehr_model_output.last_hidden_state)
+    ecg, ehr = ecg_output.pooler_output, ehr_output.pooler_output
     assert ecg.shape == ehr.shape == (BATCH, 8)
+    assert not torch.allclose(ehr.norm(dim=-1), torch.ones(BATCH))
     torch.testing.assert_close(F.normalize(ehr, dim=-1), out.ehr_embeds)
     torch.testing.assert_close(F.normalize(ecg, dim=-1), out.ecg_embeds)
     # mean pooling ignores padded codes
-    longer = {k: torch.cat([v, torch.zeros_like(v[:, :3])], dim=1) for k, v in code_batch().items()}
-    torch.testing.assert_close(model.get_ehr_features(**longer), ehr, atol=1e-5, rtol=1e-5)
+    longer = {k: torch.cat([v, torch.zeros_like(v[:, :3])], dim=1) for k, v in codes.items()}
+    torch.testing.assert_close(model.get_ehr_features(**longer).pooler_output, ehr, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("num_frozen", [-1, 0, 2])
 def test_ehr_layer_freezing_is_exact(num_frozen: int) -> None:
     model = tiny_model(freeze_ehr_layers=num_frozen).train()
     ehr = model.ehr_model
-    model(**ecg_batch(), **code_batch()).loss.backward()
+    model(**ecg_batch(), **code_batch(prefix="ehr_")).loss.backward()
     assert torch.is_grad_enabled()
     frozen = len(ehr.encoder.layer) if num_frozen == -1 else num_frozen
     for p in ehr.embeddings.parameters():
@@ -178,21 +201,29 @@ def test_tri_modal_spaces_and_loss() -> None:
     assert out.ecg_embeds.shape == out.ehr_embeds.shape == (BATCH, 8)
     assert out.ecg_coarse_embeds.shape == out.text_embeds.shape == (BATCH, 6)
     # L_es in the fine space, L_et in the coarse one, both ConVIRT with λ = 0.5 and τ = 0.1
-    torch.testing.assert_close(out.ecg_ehr_loss, convirt_loss(out.ecg_embeds, out.ehr_embeds, 0.1, 0.5))
-    torch.testing.assert_close(out.ecg_text_loss, convirt_loss(out.ecg_coarse_embeds, out.text_embeds, 0.1, 0.5))
+    tau = 0.1
+    es = convirt_loss(*contrastive_logits(out.ecg_embeds, out.ehr_embeds, 1 / tau), lambda_=0.5)
+    et = convirt_loss(*contrastive_logits(out.ecg_coarse_embeds, out.text_embeds, 1 / tau), lambda_=0.5)
+    torch.testing.assert_close(out.ecg_ehr_loss, es)
+    torch.testing.assert_close(out.ecg_text_loss, et)
+    torch.testing.assert_close(out.ecg_text_loss, embedding_clip_loss(out.ecg_coarse_embeds, out.text_embeds, 1 / tau))
     torch.testing.assert_close(out.loss, out.ecg_ehr_loss + 0.5 * out.ecg_text_loss)
     # the ECG reaches the coarse space through P_es->set applied to its fine-space features
-    fine = model.get_ecg_features(**ecg, space="fine")
+    fine = model.get_ecg_features(**ecg, space="fine").pooler_output
     torch.testing.assert_close(F.normalize(fine, dim=-1), out.ecg_embeds)
-    coarse = model.get_ecg_features(**ecg)
+    coarse = model.get_ecg_features(**ecg).pooler_output
     torch.testing.assert_close(coarse, model.fine_to_coarse_projection(fine))
     torch.testing.assert_close(F.normalize(coarse, dim=-1), out.ecg_coarse_embeds)
-    torch.testing.assert_close(F.normalize(model.get_text_features(**text), dim=-1), out.text_embeds)
-    ehr = {k[len("ehr_"):]: v for k, v in codes.items()}
-    assert model.get_ehr_features(**ehr).shape == (BATCH, 8)
-    assert model.get_ehr_features(**ehr, space="coarse").shape == (BATCH, 6)
+    text_features = model.get_text_features(**text).pooler_output
+    torch.testing.assert_close(F.normalize(text_features, dim=-1), out.text_embeds)
+    ehr_fine = model.get_ehr_features(**codes).pooler_output
+    assert ehr_fine.shape == (BATCH, 8)
+    torch.testing.assert_close(F.normalize(ehr_fine, dim=-1), out.ehr_embeds)
+    ehr_coarse = model.get_ehr_features(**codes, space="coarse").pooler_output
+    assert ehr_coarse.shape == (BATCH, 6)
+    torch.testing.assert_close(ehr_coarse, model.fine_to_coarse_projection(ehr_fine))
     # zero-shot text -> ECG retrieval scores live in the coarse space
-    scores = F.normalize(model.get_text_features(**text), dim=-1) @ F.normalize(coarse, dim=-1).T
+    scores = F.normalize(text_features, dim=-1) @ F.normalize(coarse, dim=-1).T
     torch.testing.assert_close(scores * 10.0, out.logits_per_ecg_text.T)
     with pytest.raises(ValueError, match="space"):
         model.get_ecg_features(**ecg, space="middle")
@@ -260,28 +291,36 @@ def _assert_reloads_bit_identically(checkpoints: dict[Path, tuple[torch.nn.Modul
 
 def test_ecg_sehr_checkpoint_loads_without_cardiomm(tmp_path: Path) -> None:
     model = tiny_model(freeze_ehr_layers=2, learnable_temperature=True).train()
-    model(**ecg_batch(batch=8), **code_batch(batch=8)).loss.backward()  # moves batch-norm statistics
+    model(**ecg_batch(batch=8), **code_batch(batch=8, prefix="ehr_")).loss.backward()  # moves batch-norm statistics
     model.eval().save_pretrained(tmp_path / "ecg_sehr")
     config = json.loads((tmp_path / "ecg_sehr" / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_ecg_sehr.ECGSEHRDualEncoder"
-    for name in ("modeling_ecg_sehr.py", "modeling_ecg_text.py", "modeling_sehr_bert.py", "configuration_ecg_sehr.py",
-                 "configuration_sehr_bert.py", "modeling_ecg_encoder.py", "contrastive_losses.py"):
+    for name in ("modeling_ecg_sehr.py", "modeling_ecg_contrastive.py", "configuration_ecg_contrastive.py",
+                 "modeling_sehr_bert.py", "configuration_ecg_sehr.py", "configuration_sehr_bert.py",
+                 "modeling_ecg_encoder.py", "contrastive_losses.py"):
         assert (tmp_path / "ecg_sehr" / name).is_file(), name
     loaded = ECGSEHRDualEncoder.from_pretrained(tmp_path / "ecg_sehr")
     assert not any(p.requires_grad for p in loaded.ehr_model.encoder.layer[1].parameters())  # freezing survives
     assert all(p.requires_grad for p in loaded.ehr_model.encoder.layer[2].parameters())
-    _assert_reloads_bit_identically({tmp_path / "ecg_sehr": (model, {**ecg_batch(), **code_batch()})}, tmp_path)
+    _assert_reloads_bit_identically({tmp_path / "ecg_sehr": (model, {**ecg_batch(), **code_batch(prefix="ehr_")})},
+                                    tmp_path)
 
 
 def test_from_ecg_ehr_pretrained_loads_an_mlm_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    mlm = SEHRBertForMaskedLM(tiny_ehr_config())
+    ehr_config = tiny_ehr_config()
+    ehr_config.pooling = "cls"  # a tower whose own pooler_output is BERT's pooler
+    mlm = SEHRBertForMaskedLM(ehr_config)
+    assert mlm.sehr_bert.pooler is None  # the MLM loss never reaches a pooler: none is built, as in BERT's MLM
     mlm.save_pretrained(tmp_path / "mlm")
     model = ECGSEHRDualEncoder.from_ecg_ehr_pretrained(ECGEncoderConfig(**TINY_ECG), tmp_path / "mlm",
                                                        projection_dim=8)
     for key, value in mlm.sehr_bert.state_dict().items():
         assert torch.equal(model.ehr_model.state_dict()[key], value), key
     assert model.config.ehr_model_name_or_path == str(tmp_path / "mlm") and model.config.freeze_ehr_layers == 3
+    # the tower's fresh pooler is unused by mean pooling (the paper's): locked, so it never waits for a gradient
+    assert model.config.ehr_pooling == "mean"
+    assert all(not p.requires_grad for p in model.ehr_model.pooler.parameters())
 
 
 # --------------------------------------------------------------------------------------------- objectives
@@ -324,7 +363,7 @@ def test_tri_modal_trains_end_to_end_and_reloads(cohort_path: Path, tmp_path: Pa
                                rtol=1e-5)
     ckpt = Path(result.output_dir)
     assert (ckpt / CODE_TOKENIZER_FOLDER / "vocab.txt").is_file()
-    preprocessing = SEHRECGTextPreprocessing.from_pretrained(ckpt, trust_remote_code=True)
+    preprocessing = AutoProcessor.from_pretrained(ckpt, trust_remote_code=True)
     assert len(preprocessing.code_tokenizer) == len(run.processor.code_tokenizer)
     rows = run.train_dataset
     rows = [rows[i] for i in range(3)]

@@ -27,7 +27,7 @@ from transformers import (
 import cardiomm  # noqa: F401  (registration)
 from cardiomm.modeling.configuration_ecg_encoder import ECGEncoderConfig
 from cardiomm.modeling.configuration_ecg_text import ECGTextDualEncoderConfig
-from cardiomm.modeling.contrastive_losses import clip_loss, convirt_loss
+from cardiomm.modeling.contrastive_losses import contrastive_logits, convirt_loss, embedding_clip_loss
 from cardiomm.modeling.modeling_ecg_encoder import ECGEncoderModel
 from cardiomm.modeling.modeling_ecg_text import ECGTextDualEncoder
 from cardiomm.processing.feature_extraction_ecg import ECGFeatureExtractor
@@ -101,9 +101,12 @@ def test_forward_shapes_losses_and_symmetric_logits() -> None:
     assert torch.isfinite(out.loss)
     assert out.loss == out.contrastive_loss + model.config.uma_weight * out.unimodal_alignment_loss
 
-    # get_*_features: projected, not normalised, and consistent with forward
-    ecg_features = model.get_ecg_features(batch["input_values"])
-    text_features = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    # get_*_features: the tower's output whose pooler_output is projected, not normalised, consistent with forward
+    ecg_output = model.get_ecg_features(batch["input_values"])
+    text_output = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(ecg_output.last_hidden_state, out.ecg_model_output.last_hidden_state)
+    torch.testing.assert_close(text_output.last_hidden_state, out.text_model_output.last_hidden_state)
+    ecg_features, text_features = ecg_output.pooler_output, text_output.pooler_output
     assert ecg_features.shape == text_features.shape == (BATCH, 16)
     assert not torch.allclose(ecg_features.norm(dim=-1), torch.ones(BATCH))
     torch.testing.assert_close(F.normalize(ecg_features, dim=-1), out.ecg_embeds)
@@ -119,21 +122,22 @@ def test_clip_and_convirt_losses_are_selected() -> None:
     clip_model = tiny_model(loss="clip", unimodal_alignment=False).eval()
     out = clip_model(**batch)
     scale = clip_model.logit_scale.exp()
-    torch.testing.assert_close(out.contrastive_loss, clip_loss(out.ecg_embeds, out.text_embeds, scale))
+    torch.testing.assert_close(out.contrastive_loss, embedding_clip_loss(out.ecg_embeds, out.text_embeds, scale))
     assert out.unimodal_alignment_loss is None and torch.equal(out.loss, out.contrastive_loss)
 
     for lambda_ in (0.0, 1.0):
         model = tiny_model(loss="convirt", convirt_lambda=lambda_, unimodal_alignment=False,
                            logit_scale_init_value=math.log(1 / 0.1)).eval()
         out = model(**batch)
-        expected = convirt_loss(out.ecg_embeds, out.text_embeds, temperature=0.1, lambda_=lambda_)
+        expected = convirt_loss(*contrastive_logits(out.ecg_embeds, out.text_embeds, 1 / 0.1), lambda_=lambda_)
         torch.testing.assert_close(out.contrastive_loss, expected)
         # lambda 1: only the ECG -> report direction (rows of logits_per_ecg)
         direction = out.logits_per_ecg if lambda_ == 1.0 else out.logits_per_text
         torch.testing.assert_close(out.contrastive_loss, F.cross_entropy(direction, torch.arange(BATCH)))
     # ConVIRT with lambda 0.5 is the symmetric CLIP loss at the same temperature
     half = tiny_model(loss="convirt", convirt_lambda=0.5, unimodal_alignment=False).eval()(**batch)
-    torch.testing.assert_close(half.contrastive_loss, clip_loss(half.ecg_embeds, half.text_embeds, 1 / 0.07))
+    torch.testing.assert_close(half.contrastive_loss,
+                               embedding_clip_loss(half.ecg_embeds, half.text_embeds, 1 / 0.07))
 
 
 def test_unimodal_alignment_term() -> None:
@@ -142,7 +146,7 @@ def test_unimodal_alignment_term() -> None:
     out = model(**batch)
     latent = out.ecg_model_output.pooler_output
     # zero dropout: both views are the ECG latent itself, contrasted with the CLIP loss at the model temperature
-    expected = clip_loss(latent, latent, model.logit_scale.exp())
+    expected = embedding_clip_loss(latent, latent, model.logit_scale.exp())
     torch.testing.assert_close(out.unimodal_alignment_loss, expected)
     torch.testing.assert_close(out.loss, out.contrastive_loss + 0.5 * expected)
 
@@ -153,8 +157,8 @@ def test_unimodal_alignment_term() -> None:
     eval_out = model(**batch)
     torch.testing.assert_close(
         eval_out.unimodal_alignment_loss,
-        clip_loss(eval_out.ecg_model_output.pooler_output, eval_out.ecg_model_output.pooler_output,
-                  model.logit_scale.exp()),
+        embedding_clip_loss(eval_out.ecg_model_output.pooler_output, eval_out.ecg_model_output.pooler_output,
+                            model.logit_scale.exp()),
     )
 
 
@@ -185,17 +189,27 @@ def _layer_grads(model: ECGTextDualEncoder) -> list[list[torch.Tensor | None]]:
     return [[p.grad for p in layer.parameters()] for layer in model.text_model.encoder.layer]
 
 
+@pytest.mark.parametrize("input_grads", [False, True])
 @pytest.mark.parametrize("num_frozen", [-1, 0, 1, 2])
-def test_text_layer_freezing_is_exact(num_frozen: int) -> None:
+def test_text_layer_freezing_is_exact(num_frozen: int, input_grads: bool) -> None:
+    """Frozen text layers get no gradient and stay in eval mode; the later layers train. By default (inputs that
+    need no gradient) autograd records nothing for the frozen prefix; when the tower's inputs are made to require
+    gradients (`enable_input_require_grads`, as PEFT does for gradient checkpointing) it records the prefix to
+    reach the input, and the frozen parameters still get no gradient."""
     model = tiny_model(text_layers=3, freeze_text_layers=num_frozen, unimodal_alignment=False).train()
     text = model.text_model
     layers = text.encoder.layer
     seen_inputs: list[bool] = []
     for layer in layers:
         layer.register_forward_pre_hook(lambda module, args: seen_inputs.append(args[0].requires_grad))
-    text.enable_input_require_grads()  # makes the word embeddings' output require grad, as PEFT does
+    embedded: list[torch.Tensor] = []
+    if input_grads:
+        text.enable_input_require_grads()  # makes the word embeddings' output require grad
+        text.get_input_embeddings().register_forward_hook(lambda module, args, output: embedded.append(output))
     out = model(**toy_batch())
-    assert torch.is_grad_enabled()  # the frozen prefix restores the caller's autograd mode
+    if input_grads:
+        embedded[0].retain_grad()
+    assert torch.is_grad_enabled()  # the caller's autograd mode is left as it was
     out.loss.backward()
 
     frozen_count = len(layers) if num_frozen == -1 else num_frozen
@@ -214,13 +228,21 @@ def test_text_layer_freezing_is_exact(num_frozen: int) -> None:
             assert all(g is not None for g in grads)
             assert sum(g.abs().sum() for g in grads) > 0
             assert layer.training
-    # the frozen prefix ran without autograd: no layer input carries a graph through frozen layers
-    if prefix_frozen:
-        assert seen_inputs[:frozen_count] == [False] * frozen_count
-        assert seen_inputs[frozen_count:frozen_count + 1] in ([], [False])
+    assert len(seen_inputs) == len(layers)  # one pass over the whole batch
+    if input_grads:
+        # the input needs a gradient: autograd records every layer, frozen ones included, and the gradient
+        # reaches the word embeddings' output through the frozen prefix
+        assert seen_inputs == [True] * len(layers)
+        assert embedded[0].grad is not None and embedded[0].grad.abs().sum() > 0
+        assert out.text_model_output.last_hidden_state.grad_fn is not None
+    else:
+        # the frozen prefix ran without autograd: no layer input up to the first trained layer carries a graph
+        untracked = min(frozen_count + 1, len(layers)) if prefix_frozen else 0
+        assert seen_inputs == [False] * untracked + [True] * (len(layers) - untracked)
+        if num_frozen == -1:
+            assert out.text_model_output.last_hidden_state.grad_fn is None
     if num_frozen == -1:
         assert all(not p.requires_grad for p in text.parameters())
-        assert out.text_model_output.last_hidden_state.grad_fn is None
     # the ECG tower and the projections always learn
     assert model.ecg_projection[0].weight.grad is not None
     assert all(p.grad is not None for p in model.ecg_model.parameters())
@@ -294,8 +316,9 @@ def test_save_and_from_pretrained_are_bit_identical(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_ecg_text.ECGTextDualEncoder"
     assert config["text_config"]["model_type"] == "bert" and config["ecg_config"]["backbone"] == "vit_tiny"
-    for name in ("modeling_ecg_text.py", "configuration_ecg_text.py", "modeling_ecg_encoder.py",
-                 "configuration_ecg_encoder.py", "contrastive_losses.py"):
+    for name in ("modeling_ecg_text.py", "configuration_ecg_text.py", "modeling_ecg_contrastive.py",
+                 "configuration_ecg_contrastive.py", "modeling_ecg_encoder.py", "configuration_ecg_encoder.py",
+                 "contrastive_losses.py"):
         assert (tmp_path / name).is_file(), name
 
     loaded = AutoModel.from_pretrained(tmp_path)
@@ -346,7 +369,7 @@ def test_from_ecg_text_pretrained_loads_tower_weights(tmp_path: Path) -> None:
         ECGEncoderConfig(backbone="vit_tiny", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                          max_length=TIME), tiny_text_config(),
     )
-    assert from_config.get_ecg_features(torch.randn(2, 12, TIME)).shape == (2, 256)
+    assert from_config.get_ecg_features(torch.randn(2, 12, TIME)).pooler_output.shape == (2, 256)
 
 
 def test_pooling_modes_and_mean_pooling_ignores_padding(tokenizer) -> None:
@@ -359,9 +382,9 @@ def test_pooling_modes_and_mean_pooling_ignores_padding(tokenizer) -> None:
     with torch.no_grad():
         for mode in ("cls", "pooler", "mean"):
             model.config.text_pooling = mode
-            pooled[mode] = model.get_text_features(tight["input_ids"], tight["attention_mask"])
+            pooled[mode] = model.get_text_features(tight["input_ids"], tight["attention_mask"]).pooler_output
         model.config.text_pooling = "mean"
-        padded = model.get_text_features(loose["input_ids"], loose["attention_mask"])
+        padded = model.get_text_features(loose["input_ids"], loose["attention_mask"]).pooler_output
         naive = model.text_projection(model.text_model(**loose).last_hidden_state.mean(dim=1))
     assert not torch.allclose(pooled["cls"], pooled["pooler"])
     assert not torch.allclose(pooled["cls"], pooled["mean"])
@@ -410,9 +433,7 @@ def test_processor_outputs_and_round_trip(tmp_path: Path, tokenizer) -> None:
     assert inputs["input_ids"].shape == inputs["attention_mask"].shape
     assert inputs["input_ids"].shape[1] == 64  # truncated to max_text_length, padded only to the longest
     assert inputs["attention_mask"][0].sum() < 64
-    assert "ecg_attention_mask" not in inputs
-    with_time_mask = processor(ecg=ecg, sampling_rate=500, return_ecg_attention_mask=True)
-    assert with_time_mask["ecg_attention_mask"].shape == (2, TIME)
+    assert inputs["time_mask"].shape == (2, TIME) and "ecg_attention_mask" not in inputs
     assert set(processor(text=reports)) == {"input_ids", "attention_mask", "token_type_ids"}
     with pytest.raises(ValueError, match="pairs"):
         processor(ecg=ecg, text=reports[:1], sampling_rate=500)

@@ -25,7 +25,7 @@ from cardiomm.data.ehr import (
     codes_around,
     patient_timelines,
 )
-from cardiomm.data.synthetic import build_dataset, generate_cohort, save_synthetic_dataset
+from cardiomm.synthetic import build_dataset, generate_cohort, save_synthetic_dataset
 from cardiomm.modeling.configuration_sehr_bert import SEHRBertConfig
 from cardiomm.modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel
 from cardiomm.processing.tokenization_medical_codes import MedicalCodeTokenizer
@@ -356,8 +356,8 @@ def test_mlm_pretraining_learns_the_synthetic_cohort(cohort_timelines, cohort_to
     assert total > 1000 and correct / total > 2.5 * baseline / total, (correct / total, baseline / total)
 
 
-def test_shared_trainer_runs_mlm_pretraining(tmp_path: Path, cohort_timelines, cohort_tokenizer) -> None:
-    from cardiomm.training import Trainer
+def test_shared_training_loop_runs_mlm_pretraining(tmp_path: Path, cohort_timelines, cohort_tokenizer) -> None:
+    from cardiomm.training import TrainingLoop
     from cardiomm.training.config import TrainingConfig
 
     tok = cohort_tokenizer
@@ -369,7 +369,8 @@ def test_shared_trainer_runs_mlm_pretraining(tmp_path: Path, cohort_timelines, c
                             learning_rate=1e-3, lr_schedule="constant", log_every_steps=2, save_every_steps=None,
                             log_with=[], mixed_precision="no")
     with _single_thread():
-        result = Trainer(model, config, train, collate_fn=MedicalCodeMLMCollator(tok), eval_dataset=evaluation).train()
+        result = TrainingLoop(model, config, train, collate_fn=MedicalCodeMLMCollator(tok),
+                              eval_dataset=evaluation).train()
     assert np.isfinite(result.final_loss)
     reloaded = SEHRBertForMaskedLM.from_pretrained(tmp_path / "run")
     for key, value in model.state_dict().items():

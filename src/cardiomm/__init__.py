@@ -10,9 +10,10 @@ top-level names cost nothing beyond ``import cardiomm``.
 __version__ = "0.1.0"
 
 from . import auto as _auto  # noqa: F401  (registration with the Auto classes)
+from .modeling.configuration_ecg_contrastive import ECGContrastiveConfig, ECGDualEncoderConfig
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
-from .modeling.configuration_ecg_text import ECGDualEncoderConfig, ECGTextDualEncoderConfig
+from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
 from .modeling.configuration_sehr_bert import SEHRBertConfig
 from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 from .modeling.modeling_ecg_encoder import (
@@ -22,24 +23,21 @@ from .modeling.modeling_ecg_encoder import (
     ECGEncoderPreTrainedModel,
     ECGSequenceClassifierOutput,
 )
-from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder, ECGSEHROutput, ECGSEHRPreTrainedModel
-from .modeling.modeling_ecg_text import (
-    ECGContrastiveModel,
-    ECGContrastivePreTrainedModel,
-    ECGDualEncoderModel,
-    ECGTextDualEncoder,
-    ECGTextOutput,
-    ECGTextPreTrainedModel,
-)
+from .modeling.modeling_ecg_contrastive import ECGContrastiveModel, ECGContrastivePreTrainedModel, ECGDualEncoderModel
+from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder, ECGSEHROutput
+from .modeling.modeling_ecg_text import ECGTextDualEncoder, ECGTextOutput
 from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel, SEHRBertPreTrainedModel
-from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel, SEHRECGTextOutput, SEHRECGTextPreTrainedModel
+from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel, SEHRECGTextOutput
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
 from .processing.processing_ecg_text import ECGTextProcessor
+from .processing.processing_ecg_sehr import ECGSEHRProcessor
+from .processing.processing_sehr_ecg_text import SEHRECGTextProcessor
 from .processing.tokenization_medical_codes import MedicalCodeTokenizer
 
 __all__ = [
     # configurations
     "ECGEncoderConfig",
+    "ECGContrastiveConfig",
     "ECGDualEncoderConfig",
     "ECGTextDualEncoderConfig",
     "ECGSEHRDualEncoderConfig",
@@ -55,13 +53,10 @@ __all__ = [
     "ECGContrastivePreTrainedModel",
     "ECGContrastiveModel",
     "ECGDualEncoderModel",
-    "ECGTextPreTrainedModel",
     "ECGTextDualEncoder",
     "ECGTextOutput",
-    "ECGSEHRPreTrainedModel",
     "ECGSEHRDualEncoder",
     "ECGSEHROutput",
-    "SEHRECGTextPreTrainedModel",
     "SEHRECGTextModel",
     "SEHRECGTextOutput",
     # structured EHR
@@ -71,5 +66,7 @@ __all__ = [
     # preprocessing
     "ECGFeatureExtractor",
     "ECGTextProcessor",
+    "ECGSEHRProcessor",
+    "SEHRECGTextProcessor",
     "MedicalCodeTokenizer",
 ]
