@@ -28,7 +28,7 @@ Per record, in this order:
    Absent leads stay exactly zero in every mode. A value that does not fit float32 is an error.
 5. **Length**: a random or centred window of ``crop_length`` samples, ``num_windows`` windows at
    ``window_stride`` (test-time windows), or the full record. Missing time samples are filled with
-   ``padding_value`` and marked 0 in ``attention_mask``.
+   ``padding_value`` and marked 0 in ``time_mask``.
 6. **Presence per window.** In each returned window a lead is present only if the window holds finite samples
    of it that are not flat; otherwise it is zero there and False in ``lead_mask`` (a flat lead also raises a
    :class:`LeadOffWarning`). With ``crop="windows"``, ``lead_mask`` is per window. A window with samples but
@@ -37,6 +37,11 @@ Per record, in this order:
 Only the returned windows are resampled (the record is cut with a margin wider than the resampling filter, so
 the values equal those of resampling the whole record); the whole-record statistics of long records are
 gathered piece by piece, so cropping a long record takes memory that does not grow with its length.
+
+A uniform batch -- one (batch, leads, time) array or tensor with one sampling rate and one set of lead names, as
+a collator stacks it -- is processed as one array: lead selection, repair, resampling, statistics, cropping and
+presence run over the batch axis at once. Its outputs, warnings and errors are exactly those of the same records
+given as a list, which are processed record by record (their lengths, lead sets and rates may differ).
 
 Arrays are taken to be in millivolts; files are converted to millivolts from their header units.
 """
@@ -84,7 +89,7 @@ class LeadOffWarning(UserWarning):
 
 
 def repair_non_finite(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Replace NaN/Inf samples along the time (last) axis of a (leads, time) signal.
+    """Replace NaN/Inf samples along the time (last) axis of a (leads, time) or (batch, leads, time) signal.
 
     Each non-finite sample becomes the mean of the nearest finite samples before and after it in the same lead,
     or the one available neighbour at the edges. Returns the repaired signal and a per-lead bool array that is
@@ -92,11 +97,11 @@ def repair_non_finite(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     finite = np.isfinite(signal)
     if finite.all():
-        return signal, np.ones(signal.shape[0], dtype=bool)
+        return signal, np.ones(signal.shape[:-1], dtype=bool)
     n_time = signal.shape[-1]
     index = np.arange(n_time)
     prev_idx = np.maximum.accumulate(np.where(finite, index, -1), axis=-1)
-    next_idx = np.minimum.accumulate(np.where(finite, index, n_time)[:, ::-1], axis=-1)[:, ::-1]
+    next_idx = np.minimum.accumulate(np.where(finite, index, n_time)[..., ::-1], axis=-1)[..., ::-1]
     has_prev, has_next = prev_idx >= 0, next_idx < n_time
     safe = np.where(finite, signal, 0.0)
     prev_val = np.take_along_axis(safe, np.clip(prev_idx, 0, n_time - 1), axis=-1)
@@ -106,29 +111,42 @@ def repair_non_finite(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return repaired, finite.any(axis=-1)
 
 
+def _sum_of_squares(centred: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """Per-row sum of squares over the last axis of a (..., time) array (one einsum over all rows)."""
+    rows = centred.reshape(-1, centred.shape[-1])
+    return np.einsum("lt,lt->l", rows, rows, **kwargs).reshape(centred.shape[:-1])
+
+
 def normalization_statistics(
-    chunks: Iterable[np.ndarray], normalization: str, epsilon: float
+    chunks: Iterable[np.ndarray], normalization: str, epsilon: float, present: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-lead ``(offset, scale)`` (float64) so that ``(x - offset) / scale`` is the normalised signal.
 
-    ``chunks`` are consecutive (leads, time) pieces of one signal; the statistics are those of the whole signal,
-    accumulated in float64 (values near the float32 limit do not overflow).
+    ``chunks`` are consecutive (leads, time) pieces of one signal, or (batch, leads, time) pieces of a batch of
+    signals of one length; the statistics are those of each whole signal, accumulated in float64 (values near the
+    float32 limit do not overflow). ``present`` (bool, (leads,) or (batch, leads)) marks the leads a signal has:
+    ``"minmax"`` takes its range over those leads only, and the statistics of the other leads are not used. Each
+    lead of each signal gets exactly the statistics it gets alone.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
-    count, mean, m2, low, high, n_leads = 0, None, None, math.inf, -math.inf, 0
+    count, mean, m2, low, high, shape = 0, None, None, math.inf, -math.inf, (0,)
     for chunk in chunks:
-        n_leads, size = chunk.shape[0], chunk.shape[-1]
+        shape, size = chunk.shape[:-1], chunk.shape[-1]
+        mask = np.ones(shape, dtype=bool) if present is None else np.broadcast_to(present, shape)
         if size == 0 or normalization == "none":
             continue
         if normalization == "zscore":
             chunk_mean = chunk.mean(axis=-1, dtype=np.float64)
             with np.errstate(over="ignore", invalid="ignore"):
-                centred = chunk - chunk_mean.astype(chunk.dtype)[:, None]
-                chunk_m2 = np.einsum("lt,lt->l", centred, centred, dtype=np.float64)
-            if not np.isfinite(chunk_m2).all():  # values near the float32 limit: centre in float64
-                centred = chunk.astype(np.float64) - chunk_mean[:, None]
-                chunk_m2 = np.einsum("lt,lt->l", centred, centred)
+                centred = chunk - chunk_mean.astype(chunk.dtype)[..., None]
+                chunk_m2 = _sum_of_squares(centred, dtype=np.float64)
+            # values near the float32 limit: centre that signal's leads in float64
+            redo = (~np.isfinite(chunk_m2) & mask).any(axis=-1)
+            if redo.any() and chunk.ndim == 2:
+                chunk_m2 = _sum_of_squares(chunk.astype(np.float64) - chunk_mean[:, None])
+            elif redo.any():
+                chunk_m2[redo] = _sum_of_squares(chunk[redo].astype(np.float64) - chunk_mean[redo][..., None])
             if count == 0:
                 mean, m2 = chunk_mean, chunk_m2
             else:  # Chan et al.: merge the two partial means and sums of squared deviations
@@ -137,13 +155,18 @@ def normalization_statistics(
                 mean = mean + delta * (size / total)
                 m2 = m2 + chunk_m2 + np.square(delta) * (count * size / total)
         else:
-            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+            lead_low = np.where(mask, chunk.min(axis=-1), np.inf).min(axis=-1).astype(np.float64)
+            lead_high = np.where(mask, chunk.max(axis=-1), -np.inf).max(axis=-1).astype(np.float64)
+            low, high = np.minimum(low, lead_low), np.maximum(high, lead_high)
         count += size
     if normalization == "none" or count == 0:
-        return np.zeros(n_leads), np.ones(n_leads)
+        return np.zeros(shape), np.ones(shape)
     if normalization == "zscore":
         return mean, np.maximum(np.sqrt(m2 / count), epsilon)
-    return np.full(n_leads, low), np.full(n_leads, max(high - low, epsilon))
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    offset = np.broadcast_to(low[..., None], shape)
+    scale = np.broadcast_to(np.maximum(high - low, epsilon)[..., None], shape)
+    return offset.copy(), scale.copy()
 
 
 def normalize_signal(signal: np.ndarray, normalization: str, epsilon: float) -> np.ndarray:
@@ -176,6 +199,26 @@ class _PreparedRecord:
     length: int  # samples at the target rate
 
 
+@dataclass
+class _RawBatch:
+    names: list[str]
+    signal: np.ndarray  # (batch, leads, time) float32, mV
+    sampling_rate: float
+    lead_names: list[str] | None
+
+
+@dataclass
+class _PreparedBatch:
+    names: list[str]
+    signal: np.ndarray  # (batch, selected leads, time) float32, mV, non-finite samples repaired
+    finite: np.ndarray | None  # (batch, selected leads, time) bool, None when every sample is finite
+    rows: np.ndarray  # rows of ``input_values`` the selected leads go to
+    leads: list[str]  # their names
+    usable: np.ndarray  # (batch, selected leads) bool: leads with finite samples that are not flat
+    sampling_rate: float
+    length: int  # samples at the target rate
+
+
 def _is_path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
@@ -195,13 +238,21 @@ def _check_sampling_rate(rate: Any, name: str) -> None:
 def _peak_to_peak(signal: np.ndarray, finite: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Per lead: whether any sample is finite, and the peak-to-peak amplitude (float64) of the finite samples."""
     if signal.shape[-1] == 0:
-        return np.zeros(signal.shape[0], bool), np.zeros(signal.shape[0])
+        return np.zeros(signal.shape[:-1], bool), np.zeros(signal.shape[:-1])
     if finite is None:
-        return np.ones(signal.shape[0], bool), signal.max(-1).astype(np.float64) - signal.min(-1).astype(np.float64)
+        return np.ones(signal.shape[:-1], bool), signal.max(-1).astype(np.float64) - signal.min(-1).astype(np.float64)
     has = finite.any(-1)
     high = np.where(finite, signal, -np.inf).max(-1).astype(np.float64)
     low = np.where(finite, signal, np.inf).min(-1).astype(np.float64)
     return has, np.where(has, high - low, 0.0)
+
+
+def _windows_at(array: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
+    """``array[b, ..., starts[b] : starts[b] + size]`` for each ``b`` of the first axis, as one array."""
+    if (starts == starts[0]).all():
+        return array[..., int(starts[0]) : int(starts[0]) + size]
+    windows = np.lib.stride_tricks.sliding_window_view(array, size, axis=-1)
+    return windows[np.arange(len(starts)), ..., starts, :]
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -237,7 +288,7 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
             which a lead counts as flat (lead off) and is marked absent.
     """
 
-    model_input_names = ["input_values", "lead_mask"]
+    model_input_names = ["input_values", "lead_mask", "time_mask"]
 
     def __init__(
         self,
@@ -318,8 +369,8 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         Returns:
             ``BatchFeature`` with ``input_values`` float32 (batch, leads, time) — (batch, windows, leads, time) for
             ``crop="windows"`` —, ``lead_mask`` bool (batch, leads) — (batch, windows, leads) for
-            ``crop="windows"``: presence is decided in each returned window — and ``attention_mask`` int64
-            (batch, time) or (batch, windows, time), 1 for real samples and 0 for padding.
+            ``crop="windows"``: presence is decided in each returned window — and ``time_mask`` int64
+            (batch, time) or (batch, windows, time), 1 for recorded samples and 0 for padding.
 
         Raises:
             ValueError: naming the record (file path, or ``record i of the batch`` counting from 0) on any bad
@@ -338,25 +389,33 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
         if crop == "windows" and self.crop_length is None:
             raise ValueError("crop='windows' needs crop_length to be set")
-        records = self._collect_records(ecg, sampling_rate, lead_names, layout)
-        prepared = []
-        for record in records:  # a loop, not a comprehension: warnings point at the caller
-            prepared.append(self._prepare(record))
-        out_len, starts = self._window_starts([p.length for p in prepared], crop, seed)
-        spans = [self._span(p.length, record_starts, out_len) for p, record_starts in zip(prepared, starts)]
-        resampled = self._resample_spans(prepared, spans)
+        uniform = self._uniform_batch(ecg, sampling_rate, lead_names, layout)
+        if uniform is not None:
+            batch = self._prepare_batch(uniform)  # called from here: warnings point at the caller
+            out_len, starts = self._window_starts([batch.length] * len(batch.names), crop, seed)
+            input_values, time_mask, lead_mask = self._place_batch_windows(batch, starts, out_len)
+        else:
+            records = self._collect_records(ecg, sampling_rate, lead_names, layout)
+            prepared = []
+            for record in records:  # a loop, not a comprehension: warnings point at the caller
+                prepared.append(self._prepare(record))
+            out_len, starts = self._window_starts([p.length for p in prepared], crop, seed)
+            spans = [self._span(p.length, record_starts, out_len) for p, record_starts in zip(prepared, starts)]
+            resampled = self._resample_spans(prepared, spans)
 
-        n_windows = len(starts[0])
-        input_values = np.full((len(prepared), n_windows, self.num_leads, out_len), self.padding_value, np.float32)
-        attention_mask = np.zeros((len(prepared), n_windows, out_len), dtype=np.int64)
-        lead_mask = np.zeros((len(prepared), n_windows, self.num_leads), dtype=bool)
-        for b, (record, record_starts, (span_start, _), values) in enumerate(zip(prepared, starts, spans, resampled)):
-            self._place_windows(
-                record, record_starts, out_len, values, span_start, input_values[b], attention_mask[b], lead_mask[b]
-            )
+            n_windows = len(starts[0])
+            input_values = np.full((len(prepared), n_windows, self.num_leads, out_len), self.padding_value, np.float32)
+            time_mask = np.zeros((len(prepared), n_windows, out_len), dtype=np.int64)
+            lead_mask = np.zeros((len(prepared), n_windows, self.num_leads), dtype=bool)
+            for b, (record, record_starts, (span_start, _), values) in enumerate(
+                zip(prepared, starts, spans, resampled)
+            ):
+                self._place_windows(
+                    record, record_starts, out_len, values, span_start, input_values[b], time_mask[b], lead_mask[b]
+                )
         if crop != "windows":
-            input_values, attention_mask, lead_mask = input_values[:, 0], attention_mask[:, 0], lead_mask[:, 0]
-        data = {"input_values": input_values, "lead_mask": lead_mask, "attention_mask": attention_mask}
+            input_values, time_mask, lead_mask = input_values[:, 0], time_mask[:, 0], lead_mask[:, 0]
+        data = {"input_values": input_values, "lead_mask": lead_mask, "time_mask": time_mask}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ----------------------------------------------------------------------------------------------- inputs
@@ -406,31 +465,36 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
 
         records = []
         for array, name, rate, leads in zip(arrays, names, rates, per_record_leads):
-            if array.ndim != 2:
-                raise ValueError(
-                    f"{name}: expected a 2-D (leads, time) or (time, leads) array, got shape {array.shape}"
-                )
-            _check_sampling_rate(rate, name)
-            signal = array.T if layout == "time_first" else array
-            if signal.shape[0] == 0 or signal.shape[1] == 0:
-                raise ValueError(f"{name}: empty record of shape {array.shape} ({layout})")
-            if leads is not None:
-                leads = [str(n) for n in leads]
-                if len(leads) != signal.shape[0]:
-                    hint = self._layout_hint(array, layout, len(leads))
-                    raise ValueError(
-                        f"{name}: {len(leads)} lead names given for {signal.shape[0]} rows of a {layout} array "
-                        f"of shape {tuple(array.shape)}{hint}"
-                    )
-            elif signal.shape[0] != self.num_leads:
-                hint = self._layout_hint(array, layout, self.num_leads)
-                raise ValueError(
-                    f"{name}: {signal.shape[0]} leads in a {layout} array of shape {tuple(array.shape)} but no "
-                    f"lead_names; without lead_names a record must have exactly {self.num_leads} leads in the "
-                    f"order {self.lead_names}{hint}"
-                )
+            signal, leads = self._check_record(array, name, rate, leads, layout)
             records.append(_RawRecord(name, np.ascontiguousarray(signal, dtype=np.float32), float(rate), leads))
         return records
+
+    def _check_record(
+        self, array: np.ndarray, name: str, rate: Any, leads: Sequence[str] | None, layout: str
+    ) -> tuple[np.ndarray, list[str] | None]:
+        """Check one input array and its sampling rate and lead names; return it as (leads, time) and the names."""
+        if array.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D (leads, time) or (time, leads) array, got shape {array.shape}")
+        _check_sampling_rate(rate, name)
+        signal = array.T if layout == "time_first" else array
+        if signal.shape[0] == 0 or signal.shape[1] == 0:
+            raise ValueError(f"{name}: empty record of shape {array.shape} ({layout})")
+        if leads is not None:
+            leads = [str(n) for n in leads]
+            if len(leads) != signal.shape[0]:
+                hint = self._layout_hint(array, layout, len(leads))
+                raise ValueError(
+                    f"{name}: {len(leads)} lead names given for {signal.shape[0]} rows of a {layout} array "
+                    f"of shape {tuple(array.shape)}{hint}"
+                )
+        elif signal.shape[0] != self.num_leads:
+            hint = self._layout_hint(array, layout, self.num_leads)
+            raise ValueError(
+                f"{name}: {signal.shape[0]} leads in a {layout} array of shape {tuple(array.shape)} but no "
+                f"lead_names; without lead_names a record must have exactly {self.num_leads} leads in the "
+                f"order {self.lead_names}{hint}"
+            )
+        return signal, leads
 
     @staticmethod
     def _split_array(array: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
@@ -463,32 +527,36 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
 
     # ------------------------------------------------------------------------------------------- per record
 
-    def _select_leads(self, record: _RawRecord) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the configured leads present in ``record`` and the rows of ``input_values`` they go to."""
+    def _lead_rows(self, lead_names: list[str] | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the configured leads among ``lead_names`` (the input's rows) and the rows of ``input_values``
+        they go to."""
         target_rows = np.arange(self.num_leads)
-        if record.lead_names is None:
+        if lead_names is None:
             source_rows = target_rows
         else:
-            canonical = [canonical_lead_name(n) for n in record.lead_names]
+            canonical = [canonical_lead_name(n) for n in lead_names]
             known = set(self.lead_names) | set(STANDARD_12_LEADS) | set(FRANK_LEADS)
-            unknown = [orig for orig, c in zip(record.lead_names, canonical) if c not in known]
+            unknown = [orig for orig, c in zip(lead_names, canonical) if c not in known]
             if unknown:
                 raise ValueError(
-                    f"{record.name}: unknown lead names {unknown}; expected names of {self.lead_names} "
+                    f"{name}: unknown lead names {unknown}; expected names of {self.lead_names} "
                     f"(any spelling/case) or other standard/Frank leads, which are dropped"
                 )
             position = {}
             for row, lead in enumerate(canonical):
                 if lead in position and lead in self.lead_names:
-                    raise ValueError(f"{record.name}: lead {lead!r} appears more than once in {record.lead_names}")
+                    raise ValueError(f"{name}: lead {lead!r} appears more than once in {lead_names}")
                 position[lead] = row
             pairs = [(t, position[lead]) for t, lead in enumerate(self.lead_names) if lead in position]
             target_rows = np.array([t for t, _ in pairs], dtype=np.intp)
             source_rows = np.array([s for _, s in pairs], dtype=np.intp)
         if len(source_rows) == 0:
-            raise ValueError(
-                f"{record.name}: none of the leads {self.lead_names} found in the record's leads {record.lead_names}"
-            )
+            raise ValueError(f"{name}: none of the leads {self.lead_names} found in the record's leads {lead_names}")
+        return source_rows, target_rows
+
+    def _select_leads(self, record: _RawRecord) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the configured leads present in ``record`` and the rows of ``input_values`` they go to."""
+        source_rows, target_rows = self._lead_rows(record.lead_names, record.name)
         signal = record.signal
         if not (len(source_rows) == signal.shape[0] and np.array_equal(source_rows, np.arange(signal.shape[0]))):
             signal = signal[source_rows]
@@ -604,7 +672,7 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         values: np.ndarray,
         span_start: int,
         input_values: np.ndarray,
-        attention_mask: np.ndarray,
+        time_mask: np.ndarray,
         lead_mask: np.ndarray,
     ) -> None:
         """Write each window of one record, with the leads present in that window, into the output arrays."""
@@ -640,7 +708,7 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
                 )
             input_values[w, :, : stop - start] = 0.0
             input_values[w, record.rows[present], : stop - start] = window
-            attention_mask[w, : stop - start] = 1
+            time_mask[w, : stop - start] = 1
             lead_mask[w, record.rows[present]] = True
         if flat_in:
             warnings.warn(
@@ -649,6 +717,201 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
                 LeadOffWarning,
                 stacklevel=3,
             )
+
+    # ---------------------------------------------------------------------------------------- uniform batch
+
+    def _uniform_batch(self, ecg: Any, sampling_rate: Any, lead_names: Any, layout: str) -> _RawBatch | None:
+        """A (batch, leads, time) array or tensor with one sampling rate and one set of lead names, checked as
+        the per-record path checks its first record; ``None`` for any other input (processed record by record)."""
+        if not isinstance(ecg, (np.ndarray, torch.Tensor)) or ecg.ndim != 3 or ecg.shape[0] == 0:
+            return None
+        if not (lead_names is None or (len(lead_names) > 0 and isinstance(lead_names[0], str))):
+            return None
+        array = _to_numpy(ecg, "input")
+        names = [f"record {i} of the batch" for i in range(array.shape[0])]
+        rates = self._per_record(sampling_rate, len(names), "sampling_rate")
+        if any(rate != rates[0] for rate in rates[1:]):
+            return None
+        # every record has the shape, rate and lead names of the first: the first is where a check fails first
+        _, leads = self._check_record(array[0], names[0], rates[0], lead_names, layout)
+        signal = array.transpose(0, 2, 1) if layout == "time_first" else array
+        return _RawBatch(names, np.ascontiguousarray(signal, dtype=np.float32), float(rates[0]), leads)
+
+    def _prepare_batch(self, raw: _RawBatch) -> _PreparedBatch:
+        """:meth:`_prepare` over the batch axis: the same leads, repair, presence, warnings and errors."""
+        name = raw.names[0]  # a check on the shared shape, rate or lead names fails first for the first record
+        source_rows, rows = self._lead_rows(raw.lead_names, name)
+        signal = raw.signal
+        if not (len(source_rows) == signal.shape[1] and np.array_equal(source_rows, np.arange(signal.shape[1]))):
+            signal = signal[:, source_rows]
+        try:
+            length = resampled_length(signal.shape[-1], raw.sampling_rate, self.sampling_rate)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        if length < self.min_length:
+            raise ValueError(
+                f"{name}: {signal.shape[-1]} samples at {raw.sampling_rate:g} Hz give "
+                f"{length} samples at {self.sampling_rate:g} Hz, shorter than min_length={self.min_length}"
+            )
+        finite = np.isfinite(signal)
+        repair = ~finite.all(axis=(1, 2))  # the records with a non-finite sample
+        if not repair.any():
+            finite = None
+        elif repair.all():
+            signal, _ = repair_non_finite(signal)
+        else:
+            signal = signal.copy()
+            signal[repair], _ = repair_non_finite(signal[repair])
+        has_finite, peak_to_peak = _peak_to_peak(signal, finite)
+        flat = has_finite & (peak_to_peak <= self.epsilon)
+        usable = has_finite & ~flat
+        # An all-zero lead is how datasets store a lead that was not recorded: absent without a warning.
+        lead_off = flat & (np.abs(signal).max(-1) > 0) if flat.any() else flat
+        names = [self.lead_names[r] for r in rows]
+        for b, record_name in enumerate(raw.names):
+            if not has_finite[b].any():
+                raise ValueError(f"{record_name}: every lead is entirely NaN/Inf; no usable signal")
+            if lead_off[b].any():
+                flat_names = [n for n, f in zip(names, lead_off[b]) if f]
+                warnings.warn(
+                    f"{record_name}: lead(s) {flat_names} are flat (constant) over the whole record (lead off?); "
+                    "they are marked absent in lead_mask",
+                    LeadOffWarning,
+                    stacklevel=3,
+                )
+            if not usable[b].any():
+                missing = [n for n, h in zip(names, has_finite[b]) if not h]
+                raise ValueError(
+                    f"{record_name}: no usable lead: leads {[n for n, f in zip(names, flat[b]) if f]} are flat "
+                    "(constant)" + (f" and {missing} entirely NaN/Inf" if missing else "")
+                )
+        return _PreparedBatch(raw.names, signal, finite, rows, names, usable, raw.sampling_rate, length)
+
+    def _place_batch_windows(
+        self, batch: _PreparedBatch, starts: list[list[int]], out_len: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_resample_spans` and :meth:`_place_windows` over the batch axis: ``input_values``,
+        ``time_mask`` and ``lead_mask`` with a windows axis, equal to those of the records one by one."""
+        n_batch, n_rows, n_source = batch.signal.shape
+        rate, target, length = batch.sampling_rate, self.sampling_rate, batch.length
+        up, down = resampling_factors(rate, target)
+        spans = [self._span(length, record_starts, out_len) for record_starts in starts]
+        everyone = np.arange(n_batch)
+        # pieces of the signal at the target rate, each (members, first sample, (members, leads, samples) array)
+        if length <= STATISTICS_CHUNK:
+            whole = batch.signal if rate == target else resample_window(batch.signal, rate, target, 0, length)
+            statistics_chunks: Iterable[np.ndarray] = [whole]
+            pieces = [(everyone, 0, whole)]
+        else:
+            statistics_chunks = resampled_chunks(batch.signal, rate, target, STATISTICS_CHUNK)
+            pieces = []
+            for span in dict.fromkeys(spans):
+                members = np.array([b for b in everyone if spans[b] == span])
+                source = batch.signal if len(members) == n_batch else batch.signal[members]
+                pieces.append((members, span[0], resample_window(source, rate, target, *span)))
+        offset = scale = None
+        if self.normalization != "none":
+            offset, scale = normalization_statistics(statistics_chunks, self.normalization, self.epsilon, batch.usable)
+
+        def normalized(values: np.ndarray, index: Any = slice(None)) -> np.ndarray:
+            values = np.array(values, dtype=np.float64)  # a copy: normalised in place
+            if offset is not None:
+                np.subtract(values, offset[index][..., None], out=values)
+                np.divide(values, scale[index][..., None], out=values)
+            return values
+
+        def gather(members: np.ndarray, piece_start: int, piece: np.ndarray, first: np.ndarray, size: int):
+            """Samples ``first - piece_start ... + size`` of each member's piece (one slice when they agree)."""
+            return _windows_at(piece, first[members] - piece_start, size)
+
+        n_windows = len(starts[0])
+        window_starts = np.array(starts, dtype=np.int64)  # (batch, windows)
+        input_values = np.full((n_batch, n_windows, self.num_leads, out_len), self.padding_value, np.float32)
+        time_mask = np.zeros((n_batch, n_windows, out_len), dtype=np.int64)
+        lead_mask = np.zeros((n_batch, n_windows, self.num_leads), dtype=bool)
+        present = np.zeros((n_batch, n_windows, n_rows), dtype=bool)
+        flat = np.zeros((n_batch, n_windows, n_rows), dtype=bool)
+        overflow = np.zeros((n_batch, n_windows), dtype=bool)
+        stops = np.minimum(window_starts + out_len, length)
+        for w in range(n_windows):
+            start = window_starts[:, w]
+            size = int(stops[0, w] - start[0])  # the same for every record of one length
+            if size <= 0:
+                continue  # a window past the end of the records: all padding
+            # The source samples that fall inside the window; at least the one nearest its start.
+            first = np.minimum(-(-start * down // up), n_source)
+            last = np.minimum(-(-stops[:, w] * down // up), n_source)
+            empty = last <= first
+            first = np.where(empty, np.minimum(start * down // up, n_source - 1), first)
+            last = np.where(empty, first + 1, last)
+            # each record's source samples, the longest count for all; the extra sample of shorter ones is masked
+            width = int((last - first).max())
+            inside = None
+            if (last - first < width).any():
+                time = np.minimum(first, n_source - width)[:, None] + np.arange(width)
+                inside, first = (time >= first[:, None]) & (time < last[:, None]), time[:, 0]
+            finite = None if batch.finite is None else _windows_at(batch.finite, first, width)
+            if inside is not None:
+                inside = np.broadcast_to(inside[:, None, :], (n_batch, n_rows, width))
+                finite = inside if finite is None else inside & finite
+            has_finite, peak_to_peak = _peak_to_peak(_windows_at(batch.signal, first, width), finite)
+            present[:, w] = batch.usable & has_finite & (peak_to_peak > self.epsilon)
+            flat[:, w] = batch.usable & has_finite & ~present[:, w]
+
+            if len(pieces) == 1:
+                values = gather(everyone, 0, pieces[0][2], start, size)
+            else:
+                values = np.empty((n_batch, n_rows, size), dtype=np.float64)
+                for members, piece_start, piece in pieces:
+                    values[members] = gather(members, piece_start, piece, start, size)
+            with np.errstate(over="ignore"):
+                window = normalized(values).astype(np.float32)
+            overflow[:, w] = (~np.isfinite(window) & present[:, w, :, None]).any(axis=(1, 2))
+            placed = input_values[:, w]
+            placed[:, :, :size] = 0.0
+            if np.array_equal(batch.rows, np.arange(self.num_leads)):
+                np.copyto(placed[:, :, :size], window, where=present[:, w, :, None])
+            else:
+                placed[:, batch.rows, :size] = np.where(present[:, w, :, None], window, np.float32(0.0))
+            time_mask[:, w, :size] = 1
+            lead_mask[:, w][:, batch.rows] = present[:, w]
+
+        def span_values(b: int) -> np.ndarray:
+            span_start, span_stop = spans[b]
+            for members, piece_start, piece in pieces:
+                where = np.flatnonzero(members == b)
+                if where.size:
+                    return normalized(piece[where[0], :, span_start - piece_start : span_stop - piece_start], b)
+            raise AssertionError(f"record {b} is in no piece")  # every record is in one
+
+        for b, name in enumerate(batch.names):  # the errors and warnings of the records one by one, in order
+            usable_leads = [n for n, u in zip(batch.leads, batch.usable[b]) if u]
+            flat_in: list[str] = []
+            for w in range(n_windows):
+                start, stop = int(window_starts[b, w]), int(stops[b, w])
+                if stop <= start:
+                    continue
+                if flat[b, w].any():
+                    flat_in.append(f"{[batch.leads[i] for i in np.flatnonzero(flat[b, w])]} in samples {start}-{stop}")
+                if not present[b, w].any():
+                    raise ValueError(
+                        f"{name}: no usable lead in the returned samples {start}-{stop} at "
+                        f"{self.sampling_rate:g} Hz: leads {usable_leads} are flat or NaN/Inf there"
+                    )
+                if overflow[b, w]:
+                    largest = np.abs(span_values(b)[present[b, w]]).max()
+                    raise ValueError(
+                        f"{name}: values do not fit float32 after normalization={self.normalization!r} "
+                        f"(largest magnitude {largest:.3g}); check the record's units and gain"
+                    )
+            if flat_in:
+                warnings.warn(
+                    f"{name}: lead(s) flat (lead off?) at {self.sampling_rate:g} Hz: {'; '.join(flat_in)}; "
+                    "marked absent in lead_mask there",
+                    LeadOffWarning,
+                    stacklevel=3,
+                )
+        return input_values, time_mask, lead_mask
 
     # ------------------------------------------------------------------------------------------------ length
 

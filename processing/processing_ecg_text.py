@@ -1,16 +1,14 @@
 """Processor of the ECG–report dual encoder: the ECG feature extractor and the report tokenizer in one object.
 
 ``ECGTextProcessor(ecg=..., text=...)`` returns one ``BatchFeature`` with the model inputs of both modalities:
-``input_values`` and ``lead_mask`` from [`ECGFeatureExtractor`], ``input_ids``, ``attention_mask`` (and
-``token_type_ids`` for BERT-like tokenizers) from the tokenizer. Reports are padded to the longest report of the
-batch, not to a fixed length.
-
-The feature extractor's time mask (its ``attention_mask``, 0 for padded ECG samples) would collide with the
-tokenizer's ``attention_mask`` and is not a model input; it is returned as ``ecg_attention_mask`` only on request.
+``input_values``, ``lead_mask`` and ``time_mask`` from [`ECGFeatureExtractor`], ``input_ids``, ``attention_mask``
+(and ``token_type_ids`` for BERT-like tokenizers) from the tokenizer. Reports are padded to the longest report of
+the batch, not to a fixed length. Either modality alone is prepared too (embedding ECGs or reports on their own).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +18,57 @@ from .feature_extraction_ecg import ECGFeatureExtractor, ECGInput, SeedLike
 
 # MERL tokenises reports to at most 256 tokens.
 DEFAULT_MAX_TEXT_LENGTH: int = 256
+
+
+def tokenize_reports(
+    tokenizer: Any,
+    text: str | Sequence[str],
+    max_length: int,
+    padding: bool | str = "longest",
+    truncation: bool | str = True,
+    return_tensors: str | None = "pt",
+) -> dict[str, Any]:
+    """Reports through ``tokenizer``, truncated at ``max_length`` tokens capped by its ``model_max_length``."""
+    model_max_length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max_length, int) and model_max_length > 0:
+        max_length = min(max_length, model_max_length)
+    return dict(tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
+                          return_tensors=return_tensors))
+
+
+def check_batch_sizes(data: dict[str, Any], modalities: dict[str, str]) -> None:
+    """Raise ``ValueError`` when the modalities present in ``data`` differ in batch size. ``modalities`` maps the
+    first input of each modality (``"input_values"``) to what its rows are (``"ECGs"``)."""
+    sizes = {what: len(data[key]) for key, what in modalities.items() if key in data}
+    if len(set(sizes.values())) > 1:
+        counts = " and ".join(f"{size} {what}" for what, size in sizes.items())
+        raise ValueError(f"Got {counts}; {'pairs' if len(sizes) == 2 else 'triplets'} need equal counts.")
+
+
+def load_ecg_feature_extractor(
+    pretrained_model_name_or_path: Any, processor_dict: dict[str, Any] | None, subfolder: str,
+    trust_remote_code: bool | None, **kwargs: Any,
+) -> Any:
+    """The feature extractor of a saved processor.
+
+    An `ECGFeatureExtractor` (its config nested in `processor_config.json`) is built with this module's sibling
+    class: the installed one, or, when the processor itself was loaded as a checkpoint's remote code, the
+    checkpoint's own `feature_extraction_ecg.py` from the same module package. It therefore loads whether or not
+    `ECGFeatureExtractor` is registered with `AutoFeatureExtractor` and needs no second `trust_remote_code`
+    resolution. Any other feature extractor goes through `AutoFeatureExtractor` with the caller's
+    `trust_remote_code`.
+    """
+    fe_config = (processor_dict or {}).get("feature_extractor")
+    if isinstance(fe_config, dict) and fe_config.get("feature_extractor_type") == ECGFeatureExtractor.__name__:
+        return ECGFeatureExtractor.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+    return AutoFeatureExtractor.from_pretrained(
+        pretrained_model_name_or_path, subfolder=subfolder, trust_remote_code=trust_remote_code, **kwargs
+    )
+
+
+def join_subfolder(subfolder: str, name: str) -> str:
+    """``name`` inside ``subfolder`` (the folder of a processor within a repository, or ``""``)."""
+    return os.path.join(subfolder, name) if subfolder else name
 
 
 class ECGTextProcessor(ProcessorMixin):
@@ -54,7 +103,6 @@ class ECGTextProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         layout: str = "leads_first",
         seed: SeedLike = None,
-        return_ecg_attention_mask: bool = False,
     ) -> BatchFeature:
         """Prepare ECGs, reports, or ECG–report pairs.
 
@@ -68,38 +116,27 @@ class ECGTextProcessor(ProcessorMixin):
             max_length: longest report in tokens; defaults to `max_text_length`, capped by the tokenizer's
                 `model_max_length`.
             return_tensors: `"pt"`, `"np"` or `None`.
-            return_ecg_attention_mask: also return the feature extractor's time mask as `ecg_attention_mask`.
 
         Returns:
-            `BatchFeature` with `input_values` (batch, leads, time) and `lead_mask` (batch, leads) when `ecg` is
-            given, and `input_ids`, `attention_mask` (batch, tokens) (plus `token_type_ids` if the tokenizer makes
-            them) when `text` is given.
+            `BatchFeature` with `input_values` (batch, leads, time), `lead_mask` (batch, leads) and `time_mask`
+            (batch, time) when `ecg` is given, and `input_ids`, `attention_mask` (batch, tokens) (plus
+            `token_type_ids` if the tokenizer makes them) when `text` is given.
+
+        Raises:
+            ValueError: when neither modality is given, or ECGs and reports differ in number.
         """
         if ecg is None and text is None:
             raise ValueError("Pass ECGs (`ecg`), reports (`text`) or both.")
         data: dict[str, Any] = {}
         if ecg is not None:
-            features = self.feature_extractor(
+            data.update(self.feature_extractor(
                 ecg, sampling_rate=sampling_rate, lead_names=lead_names, layout=layout, crop=crop,
                 return_tensors=return_tensors, seed=seed,
-            )
-            ecg_attention_mask = features.pop("attention_mask", None)
-            data.update(features)
-            if return_ecg_attention_mask and ecg_attention_mask is not None:
-                data["ecg_attention_mask"] = ecg_attention_mask
+            ))
         if text is not None:
             limit = max_length if max_length is not None else self.max_text_length
-            model_max_length = getattr(self.tokenizer, "model_max_length", None)
-            if isinstance(model_max_length, int) and model_max_length > 0:
-                limit = min(limit, model_max_length)
-            encoding = self.tokenizer(
-                text, padding=padding, truncation=truncation, max_length=limit, return_tensors=return_tensors
-            )
-            data.update(encoding)
-        if ecg is not None and text is not None and len(data["input_values"]) != len(data["input_ids"]):
-            raise ValueError(
-                f"Got {len(data['input_values'])} ECGs and {len(data['input_ids'])} reports; pairs need equal counts."
-            )
+            data.update(tokenize_reports(self.tokenizer, text, limit, padding, truncation, return_tensors))
+        check_batch_sizes(data, {"input_values": "ECGs", "input_ids": "reports"})
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @property
@@ -112,27 +149,13 @@ class ECGTextProcessor(ProcessorMixin):
     def _get_arguments_from_pretrained(
         cls, pretrained_model_name_or_path: Any, processor_dict: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[Any]:
-        """Load the feature extractor and the tokenizer.
-
-        An `ECGFeatureExtractor` (its config nested in `processor_config.json`) is built with this module's sibling
-        class: the installed one, or, when the processor itself was loaded as a checkpoint's remote code, the
-        checkpoint's own `feature_extraction_ecg.py` from the same module package. It therefore loads whether or
-        not `ECGFeatureExtractor` is registered with `AutoFeatureExtractor` and needs no second
-        `trust_remote_code` resolution. Any other feature extractor goes through `AutoFeatureExtractor` with the
-        caller's `trust_remote_code`.
-        """
+        """Load the feature extractor (:func:`load_ecg_feature_extractor`) and the tokenizer."""
         kwargs = dict(kwargs)
         subfolder = kwargs.pop("subfolder", "")
         trust_remote_code = kwargs.pop("trust_remote_code", None)
-        fe_config = (processor_dict or {}).get("feature_extractor")
-        if isinstance(fe_config, dict) and fe_config.get("feature_extractor_type") == ECGFeatureExtractor.__name__:
-            feature_extractor = ECGFeatureExtractor.from_pretrained(
-                pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-            )
-        else:
-            feature_extractor = AutoFeatureExtractor.from_pretrained(
-                pretrained_model_name_or_path, subfolder=subfolder, trust_remote_code=trust_remote_code, **kwargs
-            )
+        feature_extractor = load_ecg_feature_extractor(
+            pretrained_model_name_or_path, processor_dict, subfolder, trust_remote_code, **kwargs
+        )
         tokenizer = cls._load_tokenizer_from_pretrained(
             "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, trust_remote_code=trust_remote_code,
             **kwargs,

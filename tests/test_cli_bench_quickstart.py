@@ -58,7 +58,11 @@ def test_bench_encoders_prints_a_row_per_backbone(tmp_path: Path) -> None:
         for column in ("params_m", "gflop_per_ecg", "forward_ecg_per_s", "train_ecg_per_s", "forward_gflops",
                        "train_gflops", "matmul_gflops"):
             assert _positive_finite(row[column]), (column, row)
-    assert [row["pipeline"].split(" ")[0] for row in extractor] == ["wfdb.rdsamp", "ECGFeatureExtractor"]
+    assert [row["pipeline"].split(" ")[0] for row in extractor[:2]] == ["wfdb.rdsamp", "ECGFeatureExtractor"]
+    batches = [(row["dataset"], row["pipeline"].split(" (", 1)[1].rsplit(",", 1)[0]) for row in extractor[2:]]
+    assert batches == [(f"arrays {rate} Hz -> 500 Hz, 10 s", path) for rate in (500, 250)
+                       for path in ("list of records", "one (batch, leads, time) array")]
+    assert all(_positive_finite(row["vs_list"]) for row in extractor[2:])
     assert all(row["records"] == "4" and _positive_finite(row["records_per_s"]) for row in extractor)
 
 

@@ -377,3 +377,38 @@ def test_signal_statistics_features_separate_amplitude_and_frequency() -> None:
     assert band(lead0[0], 0) > band(lead0[0], 3) and band(lead0[1], 3) > band(lead0[1], 0)
     with pytest.raises(ValueError, match="records, leads, time"):
         signal_statistics(np.zeros((12, 100)), 250.0)
+
+
+# ------------------------------------------------------------------------------------------------ embedding inputs
+def test_embed_ecgs_prepares_inputs_with_the_processor_and_passes_the_time_mask() -> None:
+    import torch
+    from datasets import Dataset
+
+    from cardiomm import ECGEncoderConfig, ECGEncoderModel, ECGFeatureExtractor
+    from cardiomm.evaluation.embeddings import embed_ecgs
+
+    torch.manual_seed(0)
+    model = ECGEncoderModel(ECGEncoderConfig(backbone="resnet1d_8")).eval()
+    extractor = ECGFeatureExtractor(sampling_rate=250, crop_length=600, min_length=250, window_stride=200,
+                                    num_windows=2)
+    ecg = np.random.default_rng(0).standard_normal((3, 12, 1000)).astype(np.float32)  # 500 samples at 250 Hz
+    recorded = np.ones((3, 12), dtype=bool)
+    recorded[2, 7] = False  # the dataset did not record V2 of ECG 2
+    dataset = Dataset.from_dict({"ecg": ecg, "lead_mask": recorded}).with_format("numpy")
+    seen: list[dict] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+
+    embeddings = embed_ecgs(model, extractor, dataset, sampling_rate=500, batch_size=2, normalize=False,
+                            progress=False)
+    inputs = extractor(ecg, sampling_rate=500, crop="center")
+    assert inputs["time_mask"].sum(-1).tolist() == [500] * 3  # padded to crop_length 600
+    assert torch.equal(torch.cat([kwargs["time_mask"] for kwargs in seen]), inputs["time_mask"])
+    inputs["lead_mask"][2, 7] = False
+    assert torch.equal(torch.cat([kwargs["lead_mask"] for kwargs in seen]), inputs["lead_mask"])
+    with torch.no_grad():
+        expected = model(**inputs).pooler_output.numpy()
+    np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-5)  # batches of 2 and 1 vs 3
+
+    seen.clear()  # test-time windows: one time mask per window
+    embed_ecgs(model, extractor, dataset, sampling_rate=500, crop="windows", progress=False)
+    assert seen[0]["time_mask"].shape == (6, 600) and seen[0]["time_mask"].sum(-1).tolist() == [500, 300] * 3

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cardiomm.processing import feature_extraction_ecg
 from cardiomm.processing.ecg_records import STANDARD_12_LEADS, read_ecg_record, resample_signal
 from cardiomm.processing.feature_extraction_ecg import (
     ECGFeatureExtractor,
@@ -68,7 +69,7 @@ def test_ptbxl_100hz_and_500hz_agree_after_resampling():
     )
     low, high = out["input_values"]
     assert out["input_values"].shape == (2, 12, 5000)
-    assert out["lead_mask"].all() and out["attention_mask"].all()
+    assert out["lead_mask"].all() and out["time_mask"].all()
     corr = np.array([np.corrcoef(low[k], high[k])[0, 1] for k in range(12)])
     assert corr.min() > 0.9 and corr.mean() > 0.95
 
@@ -368,7 +369,7 @@ def test_windows_are_strided_slices_of_the_record():
     full = fe(batch, sampling_rate=500, crop="none", return_tensors="np")["input_values"]
     out = fe(batch, sampling_rate=500, crop="windows", return_tensors="np")
     assert out["input_values"].shape == (2, 6, 12, 2500)
-    assert out["attention_mask"].shape == (2, 6, 2500) and out["attention_mask"].all()
+    assert out["time_mask"].shape == (2, 6, 2500) and out["time_mask"].all()
     for w in range(6):
         np.testing.assert_array_equal(out["input_values"][:, w], full[:, :, 500 * w : 500 * w + 2500])
 
@@ -377,25 +378,25 @@ def test_windows_of_a_short_record_are_padded_and_masked():
     fe = ECGFeatureExtractor(padding_value=-9.0)
     out = fe([_synthetic(n_time=3500), _synthetic(n_time=5000)], sampling_rate=500, crop="windows", return_tensors="np")
     assert out["input_values"].shape == (2, 6, 12, 2500)
-    assert out["attention_mask"][0].sum(-1).tolist() == [2500, 2500, 2500, 2000, 1500, 1000]
-    assert out["attention_mask"][1].sum(-1).tolist() == [2500] * 6
+    assert out["time_mask"][0].sum(-1).tolist() == [2500, 2500, 2500, 2000, 1500, 1000]
+    assert out["time_mask"][1].sum(-1).tolist() == [2500] * 6
     assert (out["input_values"][0, 5, :, 1000:] == -9.0).all()
     assert (out["input_values"][0, 5, :, :1000] != -9.0).all()
 
 
-def test_short_records_are_padded_with_attention_mask():
+def test_short_records_are_padded_and_marked_in_time_mask():
     fe = ECGFeatureExtractor(padding_value=-5.0)
     records = [_synthetic(n_time=3000), _synthetic(n_time=1500, seed=1)]
     out = fe(records, sampling_rate=500, crop="center", return_tensors="np")
     assert out["input_values"].shape == (2, 12, 2500)
-    assert out["attention_mask"].sum(-1).tolist() == [2500, 1500]
+    assert out["time_mask"].sum(-1).tolist() == [2500, 1500]
     assert (out["input_values"][1, :, 1500:] == -5.0).all()
     alone = fe(records[1], sampling_rate=500, crop="none", return_tensors="np")["input_values"][0]
     np.testing.assert_array_equal(out["input_values"][1, :, :1500], alone)
 
     padded = fe(records, sampling_rate=500, crop="none", return_tensors="np")
     assert padded["input_values"].shape == (2, 12, 3000)
-    assert padded["attention_mask"].sum(-1).tolist() == [3000, 1500]
+    assert padded["time_mask"].sum(-1).tolist() == [3000, 1500]
     np.testing.assert_array_equal(padded["input_values"][1, :, :1500], alone)
     assert (padded["input_values"][1, :, 1500:] == -5.0).all()
 
@@ -429,7 +430,7 @@ def test_torch_numpy_and_list_inputs_give_identical_outputs():
         fe([torch.from_numpy(r) for r in batch], sampling_rate=[500, 500, 500], crop="random", seed=1),
     ]
     for out in outputs[1:]:
-        for key in ("input_values", "lead_mask", "attention_mask"):
+        for key in ("input_values", "lead_mask", "time_mask"):
             torch.testing.assert_close(out[key], outputs[0][key], rtol=0, atol=0)
     assert outputs[0]["input_values"].dtype == torch.float32
     assert outputs[0]["lead_mask"].dtype == torch.bool
@@ -516,4 +517,113 @@ def test_batch_resampling_equals_one_record_at_a_time():
         n = alone["input_values"].shape[-1]
         np.testing.assert_array_equal(batch["input_values"][b, :, :n], alone["input_values"][0])
         np.testing.assert_array_equal(batch["lead_mask"][b], alone["lead_mask"][0])
-        assert batch["attention_mask"][b].sum() == n == 2 * record.shape[-1]
+        assert batch["time_mask"][b].sum() == n == 2 * record.shape[-1]
+
+
+# ------------------------------------------------------------------------- uniform batch = records one by one
+
+
+def _hostile_batch(n_records: int, n_time: int, seed: int) -> np.ndarray:
+    """A (batch, 12, time) float32 batch with an absent (all-zero) lead, a lead flat over part of a record, NaN
+    samples and a lead off (constant, non-zero) lead, in different records."""
+    rng = np.random.default_rng(seed)
+    batch = (rng.standard_normal((n_records, 12, n_time)) * rng.uniform(0.2, 2.0, (n_records, 12, 1))
+             + rng.standard_normal((n_records, 12, 1))).astype(np.float32)
+    batch[0, 2] = 0.0
+    batch[-1, 5, : n_time // 2] = 0.7
+    batch[rng.integers(n_records), 7, rng.integers(n_time, size=25)] = np.nan
+    batch[n_records // 2, 3] = 1.5
+    return batch
+
+
+def _outputs_and_warnings(extractor: ECGFeatureExtractor, ecg, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out, error = extractor(ecg, return_tensors="np", **kwargs), None
+        except ValueError as err:
+            out, error = None, str(err)
+    return out, error, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+
+
+def _assert_same_as_records(extractor: ECGFeatureExtractor, batch: np.ndarray, **kwargs) -> None:
+    """The batch as one array and as a list of records give bit-identical outputs, the same warnings (pointing
+    at the same caller line) and the same error."""
+    uniform = _outputs_and_warnings(extractor, batch, **kwargs)
+    records = _outputs_and_warnings(extractor, list(batch), **kwargs)
+    assert uniform[1:] == records[1:]
+    if records[0] is not None:
+        assert set(uniform[0]) == set(records[0]) == {"input_values", "lead_mask", "time_mask"}
+        for key, value in records[0].items():
+            assert uniform[0][key].dtype == value.dtype and uniform[0][key].shape == value.shape, key
+            assert uniform[0][key].tobytes() == value.tobytes(), key
+
+
+@pytest.mark.parametrize("crop", ["random", "center", "windows", "none"])
+@pytest.mark.parametrize(("rate", "normalization"), [(500, "zscore"), (250, "minmax"), (360, "zscore"), (1000, "none")])
+def test_uniform_batch_is_bit_identical_to_records_one_by_one(crop, rate, normalization):
+    extractor = ECGFeatureExtractor(sampling_rate=500, normalization=normalization, crop_length=1000,
+                                    window_stride=400, num_windows=4, min_length=200, padding_value=-2.0)
+    batch = _hostile_batch(3, 1700 * rate // 500, seed=rate)
+    leads = ["V6", "v5", "V4", "V3", "V2", "V1", "aVF", "aVL", "avr", "III", "II", "I"]
+    for lead_names in (None, leads):
+        _assert_same_as_records(extractor, batch, sampling_rate=rate, lead_names=lead_names, crop=crop, seed=7)
+    # records shorter than crop_length: padded, with later windows past their end
+    _assert_same_as_records(extractor, batch[..., : 600 * rate // 500], sampling_rate=rate, crop=crop, seed=7)
+
+
+@pytest.mark.parametrize("crop", ["random", "windows"])
+def test_uniform_batch_of_long_records_is_bit_identical(crop, monkeypatch):
+    """Records longer than STATISTICS_CHUNK: statistics gathered piece by piece, only the windows resampled."""
+    monkeypatch.setattr(feature_extraction_ecg, "STATISTICS_CHUNK", 700)
+    for rate, normalization in ((250, "zscore"), (500, "minmax")):
+        extractor = ECGFeatureExtractor(sampling_rate=500, normalization=normalization, crop_length=800,
+                                        window_stride=450, num_windows=5, min_length=100)
+        batch = _hostile_batch(3, 1500 * rate // 500, seed=1)
+        _assert_same_as_records(extractor, batch, sampling_rate=rate, crop=crop, seed=3)
+        _assert_same_as_records(extractor, batch.transpose(0, 2, 1).copy(), sampling_rate=rate, crop=crop,
+                                seed=3, layout="time_first")
+
+
+def test_uniform_batch_errors_are_those_of_the_records():
+    extractor = ECGFeatureExtractor(sampling_rate=500, crop_length=1000, min_length=500)
+    batch = _hostile_batch(3, 1200, seed=2)
+    all_nan = batch.copy()
+    all_nan[1] = np.nan
+    _assert_same_as_records(extractor, all_nan, sampling_rate=500)
+    flat = batch.copy()
+    flat[2] = 0.25
+    _assert_same_as_records(extractor, flat, sampling_rate=500)
+    _assert_same_as_records(extractor, batch, sampling_rate=500, lead_names=STANDARD_12_LEADS[:11])
+    _assert_same_as_records(extractor, batch, sampling_rate=5)
+    _assert_same_as_records(extractor, batch[..., :400], sampling_rate=500)
+    huge = batch.copy()
+    huge[1, 4] = np.where(np.arange(1200) < 600, 3.3e38, -3.3e38)  # the step overshoots float32 once resampled
+    unnormalized = ECGFeatureExtractor(normalization="none", crop_length=1000)
+    _assert_same_as_records(unnormalized, huge, sampling_rate=250)
+    for check, ecg, rate, message in (
+        (extractor, all_nan, 500, "record 1 of the batch: every lead is entirely NaN/Inf"),
+        (extractor, flat, 500, "record 2 of the batch: no usable lead"),
+        (unnormalized, huge, 250, "record 1 of the batch: values do not fit float32"),
+    ):
+        assert message in _outputs_and_warnings(check, ecg, sampling_rate=rate)[1]
+
+
+def test_uniform_batch_is_processed_as_one_array(monkeypatch):
+    batch = _hostile_batch(4, 2000, seed=4)
+    extractor = ECGFeatureExtractor(crop_length=1000)
+    with pytest.warns(LeadOffWarning):
+        expected = extractor(list(batch), sampling_rate=250, crop="center", return_tensors="np")
+
+    def per_record(*args, **kwargs):
+        raise AssertionError("a uniform batch went through the per-record path")
+
+    monkeypatch.setattr(ECGFeatureExtractor, "_prepare", per_record)
+    monkeypatch.setattr(ECGFeatureExtractor, "_resample_spans", per_record)
+    for ecg, rate in ((batch, 250), (torch.from_numpy(batch), [250] * 4)):
+        with pytest.warns(LeadOffWarning, match="record 2 of the batch"):
+            out = extractor(ecg, sampling_rate=rate, crop="center", return_tensors="np")
+        for key in expected:
+            assert out[key].tobytes() == expected[key].tobytes()

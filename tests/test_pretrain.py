@@ -1,4 +1,5 @@
-"""The pretraining path end to end: experiment file → objective → shared Trainer → self-contained checkpoint."""
+"""The pretraining path end to end: experiment file → objective → shared training loop → self-contained
+checkpoint."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_evaluation_runner_writes_table_json_and_roc(trained) -> None:
     tmp_path, result, run = trained
     dataset, info = load_ecg_dataset(tmp_path / "data")
     dataset = DatasetDict({k: v.with_format("numpy") for k, v in dataset.items()})
-    report = evaluate_ecg_text_model(run.model, run.feature_extractor, run.tokenizer, dataset, info,
+    report = evaluate_ecg_text_model(run.model, run.processor, dataset, info,
                                      tasks=["rhythm"], out_dir=tmp_path / "eval", fractions=(1.0,), seeds=(0,),
                                      progress=False)
     protocols = {(r["protocol"], r["encoder"]) for r in report.rows}

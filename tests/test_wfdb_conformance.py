@@ -100,6 +100,6 @@ def test_record_is_read_as_wfdb_reads_it_or_rejected_by_name(record, tmp_path):
     assert mask.tolist() == present.tolist()  # absent exactly where the lead is all NaN or flat
     expected_values = resample_signal(repaired, rate, fe.sampling_rate)
     n = expected_values.shape[-1]
-    assert out["attention_mask"][0].sum() == n
+    assert out["time_mask"][0].sum() == n
     np.testing.assert_allclose(values[present, :n], expected_values[present[: len(source)]], rtol=1e-6, atol=1e-6)
     assert not values[~present].any()

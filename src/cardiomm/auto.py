@@ -28,7 +28,9 @@ from .modeling.modeling_ecg_text import ECGTextDualEncoder
 from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel
 from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
+from .processing.processing_ecg_sehr import ECGSEHRProcessor
 from .processing.processing_ecg_text import ECGTextProcessor
+from .processing.processing_sehr_ecg_text import SEHRECGTextProcessor
 from .processing.tokenization_medical_codes import MedicalCodeTokenizer
 
 #: (model_type, config class) of every cardiomm model.
@@ -60,6 +62,8 @@ def register_all() -> None:
     AutoFeatureExtractor.register(ECGEncoderConfig, ECGFeatureExtractor, exist_ok=True)
     AutoFeatureExtractor.register(ECGTextDualEncoderConfig, ECGFeatureExtractor, exist_ok=True)
     AutoProcessor.register(ECGTextDualEncoderConfig, ECGTextProcessor, exist_ok=True)
+    AutoProcessor.register(ECGSEHRDualEncoderConfig, ECGSEHRProcessor, exist_ok=True)
+    AutoProcessor.register(SEHRECGTextConfig, SEHRECGTextProcessor, exist_ok=True)
     AutoTokenizer.register(SEHRBertConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
     for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig):
         AutoFeatureExtractor.register(config_class, ECGFeatureExtractor, exist_ok=True)

@@ -103,7 +103,7 @@ def run_quickstart(
     torch.manual_seed(seed)
     random_encoder = ECGEncoderModel(model.config.ecg_config).eval()
     report = evaluate_ecg_text_model(
-        model, run.feature_extractor, run.tokenizer, dataset, info, tasks=list(tasks), seeds=tuple(probe_seeds),
+        model, run.processor, dataset, info, tasks=list(tasks), seeds=tuple(probe_seeds),
         out_dir=out / "evaluation", baselines={"random init": random_encoder},
     )
 
@@ -111,8 +111,8 @@ def run_quickstart(
     write_model_card(ckpt, _card(run, report, result.global_step), run.feature_extractor)
     reloaded = AutoModel.from_pretrained(ckpt, trust_remote_code=True).eval()
     probe = dataset["test"].select(range(min(16, len(dataset["test"]))))
-    before = embed_ecgs(model, run.feature_extractor, probe, info.sampling_rate, progress=False)
-    after = embed_ecgs(reloaded, run.feature_extractor, probe, info.sampling_rate, progress=False)
+    before = embed_ecgs(model, run.processor, probe, info.sampling_rate, progress=False)
+    after = embed_ecgs(reloaded, run.processor, probe, info.sampling_rate, progress=False)
     max_diff = float(np.abs(before - after).max())
     report.results["reload_max_abs_diff"] = max_diff
 

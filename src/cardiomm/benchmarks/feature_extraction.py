@@ -1,4 +1,5 @@
-"""Throughput of ECG file preprocessing: plain ``wfdb.rdsamp`` against file path → ``input_values``.
+"""Throughput of ECG preprocessing: plain ``wfdb.rdsamp`` against file path → ``input_values``, and a uniform
+batch (one (batch, leads, time) array, as the collators stack it) against the same records given as a list.
 
 Run ``python -m cardiomm.benchmarks.feature_extraction`` to print the table.
 """
@@ -86,6 +87,32 @@ def _measure(dataset: str, paths: Sequence[str], extractor: ECGFeatureExtractor,
     ]
 
 
+def _measure_uniform_batch(input_rate: float, n_records: int, extractor: ECGFeatureExtractor, batch_size: int,
+                           repeats: int, seconds: float = 10.0, seed: int = 0) -> list[dict[str, Any]]:
+    """Records/s of ``n_records`` random 12-lead records at ``input_rate`` Hz given in batches of ``batch_size``
+    as one array each (processed over the batch axis at once) and as lists of records (one by one), in one run."""
+    rng = np.random.default_rng(seed)
+    records = rng.standard_normal((n_records, len(STANDARD_12_LEADS), int(seconds * input_rate))).astype(np.float32)
+    batches = [records[i : i + batch_size] for i in range(0, n_records, batch_size)]
+
+    def uniform() -> None:
+        for batch in batches:
+            extractor(batch, sampling_rate=input_rate, crop="random", seed=0, return_tensors="np")
+
+    def one_by_one() -> None:
+        for batch in batches:
+            extractor(list(batch), sampling_rate=input_rate, crop="random", seed=0, return_tensors="np")
+
+    listed, stacked = _best_times([one_by_one, uniform], repeats)
+    dataset = f"arrays {input_rate:g} Hz -> {extractor.sampling_rate:g} Hz, {seconds:g} s"
+    return [
+        {"dataset": dataset, "pipeline": f"ECGFeatureExtractor (list of records, batch {batch_size})",
+         "records": n_records, "seconds": listed, "records_per_s": n_records / listed, "vs_list": 1.0},
+        {"dataset": dataset, "pipeline": f"ECGFeatureExtractor (one (batch, leads, time) array, batch {batch_size})",
+         "records": n_records, "seconds": stacked, "records_per_s": n_records / stacked, "vs_list": listed / stacked},
+    ]
+
+
 def benchmark_feature_extractor(
     data_dir: str | None = None,
     n_records: int = 200,
@@ -93,7 +120,9 @@ def benchmark_feature_extractor(
     repeats: int = 5,
     extractor: ECGFeatureExtractor | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure records/s of plain ``wfdb.rdsamp`` and of file path → ``input_values`` in the same run.
+    """Measure records/s of plain ``wfdb.rdsamp`` and of file path → ``input_values`` in the same run, and of
+    array batches processed as one (batch, leads, time) array against the same records as a list (random crops,
+    the training path; at the extractor's rate and at half of it, resampled).
 
     Args:
         data_dir: a folder of WFDB/challenge records (searched recursively). Without it, ``n_records`` synthetic
@@ -105,16 +134,19 @@ def benchmark_feature_extractor(
         extractor: the extractor to time (default: ``ECGFeatureExtractor()``, z-score, centre 5-s crop).
 
     Returns:
-        One row per dataset and pipeline: dataset, pipeline, records, seconds, records_per_s, vs_rdsamp
-        (throughput relative to ``wfdb.rdsamp`` on the same files).
+        One row per dataset and pipeline: dataset, pipeline, records, seconds, records_per_s, and vs_rdsamp
+        (throughput relative to ``wfdb.rdsamp`` on the same files) or vs_list (throughput of array batches
+        relative to the same records given as lists).
     """
     extractor = extractor if extractor is not None else ECGFeatureExtractor()
     rows: list[dict[str, Any]] = []
+    arrays = [row for rate in (extractor.sampling_rate, extractor.sampling_rate / 2)
+              for row in _measure_uniform_batch(rate, n_records, extractor, batch_size, repeats)]
     if data_dir is not None:
         paths = find_records(data_dir, n_records)
         if not paths:
             raise ValueError(f"{data_dir}: no WFDB records (.hea files) found")
-        return _measure(os.fspath(data_dir), paths, extractor, batch_size, repeats)
+        return _measure(os.fspath(data_dir), paths, extractor, batch_size, repeats) + arrays
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_synthetic_records(tmp, n_records)
@@ -126,7 +158,7 @@ def benchmark_feature_extractor(
             paths = find_records(shared / folder, n_records) if (shared / folder).is_dir() else []
             if paths:
                 rows += _measure(label, paths, extractor, batch_size, repeats)
-    return rows
+    return rows + arrays
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,8 +1,13 @@
-"""Collators: rows of a cardiomm ECG dataset → model-ready batches, through the checkpoint's own processor.
+"""Collators: rows of a cardiomm ECG dataset → model-ready batches, through the model's own processor.
 
 The waveform column is stored at the dataset's sampling rate in mV with leads in the standard order; the
-processor (feature extractor + tokenizer) saved with the model does resampling, normalisation, cropping and
-tokenisation, so training and inference share one preprocessing path.
+processor saved with the model (:class:`~cardiomm.ECGTextProcessor`, :class:`~cardiomm.ECGSEHRProcessor`,
+:class:`~cardiomm.SEHRECGTextProcessor`, or the :class:`~cardiomm.ECGFeatureExtractor` of an ECG encoder) does
+resampling, normalisation, cropping and tokenisation, so training, evaluation and inference share one
+preprocessing path. A collator only does what depends on the dataset: which columns hold each modality, the
+dataset's recorded leads (its ``lead_mask`` column, AND-ed into the processor's ``lead_mask``), the labels, and
+each row's reference time for its code timeline (the ECG acquisition). Every batch carries the processor's
+``time_mask``.
 """
 
 from __future__ import annotations
@@ -15,22 +20,47 @@ import numpy as np
 import torch
 
 
-def _stack_ecg(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    return np.stack([np.asarray(r["ecg"], dtype=np.float32) for r in rows])
+def stack_ecg(rows: Sequence[Mapping[str, Any]], column: str = "ecg") -> np.ndarray:
+    """The ECGs of ``rows`` as one float32 (batch, leads, time) array (a dataset stores one length and rate)."""
+    return np.stack([np.asarray(r[column], dtype=np.float32) for r in rows])
 
 
-def _dataset_lead_mask(rows: Sequence[Mapping[str, Any]], num_leads: int) -> torch.Tensor:
-    if "lead_mask" not in rows[0]:
-        return torch.ones(len(rows), num_leads, dtype=torch.bool)
-    return torch.as_tensor(np.stack([np.asarray(r["lead_mask"], dtype=bool) for r in rows]))
+def with_recorded_leads(batch: dict[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``batch`` with its ``lead_mask`` (leads with signal) AND-ed with the rows' ``lead_mask`` column (leads
+    the dataset recorded), per window when the processor cut windows."""
+    lead_mask = torch.as_tensor(batch["lead_mask"]).bool()
+    if "lead_mask" in rows[0]:
+        recorded = torch.as_tensor(np.stack([np.asarray(r["lead_mask"], dtype=bool) for r in rows]))
+        lead_mask = lead_mask & (recorded[:, None, :] if lead_mask.ndim == 3 else recorded)
+    batch["lead_mask"] = lead_mask
+    return batch
+
+
+def row_labels(rows: Sequence[Mapping[str, Any]], column: str) -> torch.Tensor:
+    """The multi-hot (or regression) labels of ``rows`` in ``column``, as float32."""
+    return torch.as_tensor(np.stack([np.asarray(r[column]) for r in rows])).float()
+
+
+def row_time(value: Any) -> Any:
+    """A row's timestamp as stored by ``datasets`` (0-d numpy arrays unwrapped)."""
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def _batch(preprocess: Any, rows: Sequence[Mapping[str, Any]], sampling_rate: float, lead_names: Any, crop: str,
+           label_column: str | None, **modalities: Any) -> dict[str, torch.Tensor]:
+    """``preprocess(ecg=..., **modalities)`` on the rows, with the dataset's recorded leads and labels."""
+    out = preprocess(ecg=stack_ecg(rows), sampling_rate=sampling_rate, lead_names=lead_names, crop=crop,
+                     return_tensors="pt", **modalities)
+    batch = with_recorded_leads(dict(out), rows)
+    if label_column is not None:
+        batch["labels"] = row_labels(rows, label_column)
+    return batch
 
 
 @dataclass
 class ECGCollator:
-    """Batches ECG rows through an ``ECGFeatureExtractor``; adds multi-hot ``labels`` from ``label_column``.
-
-    The output ``lead_mask`` is the extractor's (leads with signal) AND the dataset's (leads recorded).
-    """
+    """Batches ECG rows through an ECG encoder's :class:`~cardiomm.ECGFeatureExtractor`: ``input_values``,
+    ``lead_mask`` (the extractor's AND the dataset's), ``time_mask``, and ``labels`` from ``label_column``."""
 
     feature_extractor: Any
     sampling_rate: float
@@ -38,42 +68,84 @@ class ECGCollator:
     crop: str = "random"
     label_column: str | None = None
 
-    def ecg_features(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """``input_values`` and ``lead_mask`` of ``rows``."""
-        out = self.feature_extractor(
-            _stack_ecg(rows), sampling_rate=self.sampling_rate, lead_names=self.lead_names, crop=self.crop,
-            return_tensors="pt",
-        )
-        lead_mask = out["lead_mask"].bool()
-        dataset_mask = _dataset_lead_mask(rows, lead_mask.shape[-1])
-        if lead_mask.ndim == 3:  # crop="windows": presence per window, (batch, windows, leads)
-            dataset_mask = dataset_mask[:, None, :]
-        lead_mask = lead_mask & dataset_mask
-        return {"input_values": out["input_values"], "lead_mask": lead_mask}
-
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.ecg_features(rows)
-        if self.label_column is not None:
-            batch["labels"] = torch.as_tensor(np.stack([np.asarray(r[self.label_column]) for r in rows])).float()
-        return batch
+        return _batch(self.feature_extractor, rows, self.sampling_rate, self.lead_names, self.crop,
+                      self.label_column)
 
 
 @dataclass
-class ECGTextCollator(ECGCollator):
-    """Batches (ECG, report) rows: the ECG through the feature extractor, the report through the tokenizer,
-    truncated at ``max_text_length`` and padded to the longest report of the batch (``padding="longest"``,
-    dynamic padding) or to ``max_text_length`` (``padding="max_length"``)."""
+class ECGTextCollator:
+    """Batches (ECG, report) rows through an :class:`~cardiomm.ECGTextProcessor`: the ECG inputs and the report
+    (``text_column``) as ``input_ids``, ``attention_mask`` (+ ``token_type_ids``), truncated at the processor's
+    ``max_text_length`` and padded to the longest report of the batch (``padding="longest"``) or to
+    ``max_text_length`` (``padding="max_length"``)."""
 
-    tokenizer: Any = None
+    processor: Any
+    sampling_rate: float
+    lead_names: Sequence[str] | None = None
+    crop: str = "random"
     text_column: str = "report"
-    max_text_length: int = 256
     padding: str = "longest"
+    label_column: str | None = None
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.ecg_features(rows)
-        text = self.tokenizer(
-            [str(r[self.text_column] or "") for r in rows], padding=self.padding, truncation=True,
-            max_length=self.max_text_length, return_tensors="pt",
-        )
-        batch.update({k: v for k, v in text.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-        return batch
+        text = [str(r[self.text_column] or "") for r in rows]
+        return _batch(self.processor, rows, self.sampling_rate, self.lead_names, self.crop, self.label_column,
+                      text=text, padding=self.padding)
+
+
+@dataclass
+class ECGSEHRCollator:
+    """Batches ECG–sEHR pairs through an :class:`~cardiomm.ECGSEHRProcessor`: the ECG inputs and the code
+    timeline (``events_column``) seen from the ECG acquisition (``time_column``) as ``ehr_input_ids``,
+    ``ehr_attention_mask``, ``ehr_time_ids``, ``ehr_type_ids``, padded to the longest of the batch."""
+
+    processor: Any
+    sampling_rate: float
+    lead_names: Sequence[str] | None = None
+    crop: str = "random"
+    events_column: str = "sehr_events"
+    time_column: str = "acquisition_time"
+    label_column: str | None = None
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        timelines = [list(r[self.events_column]) for r in rows]
+        reference_times = [row_time(r[self.time_column]) for r in rows]
+        return _batch(self.processor, rows, self.sampling_rate, self.lead_names, self.crop, self.label_column,
+                      timelines=timelines, reference_times=reference_times)
+
+
+@dataclass
+class SEHRECGTextCollator:
+    """Batches (sEHR, ECG, text) triplets for :class:`~cardiomm.SEHRECGTextModel` through an
+    :class:`~cardiomm.SEHRECGTextProcessor`: the ECG inputs, the code timeline as for :class:`ECGSEHRCollator`
+    (``ehr_*``) and the text (``text_column``) as ``input_ids``, ``attention_mask`` (+ ``token_type_ids``),
+    truncated at the processor's ``max_text_length``."""
+
+    processor: Any
+    sampling_rate: float
+    lead_names: Sequence[str] | None = None
+    crop: str = "random"
+    events_column: str = "sehr_events"
+    time_column: str = "acquisition_time"
+    text_column: str = "text"
+    label_column: str | None = None
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        timelines = [list(r[self.events_column]) for r in rows]
+        reference_times = [row_time(r[self.time_column]) for r in rows]
+        text = [str(r[self.text_column] or "") for r in rows]
+        return _batch(self.processor, rows, self.sampling_rate, self.lead_names, self.crop, self.label_column,
+                      timelines=timelines, reference_times=reference_times, text=text)
+
+
+__all__ = [
+    "ECGCollator",
+    "ECGSEHRCollator",
+    "ECGTextCollator",
+    "SEHRECGTextCollator",
+    "row_labels",
+    "row_time",
+    "stack_ecg",
+    "with_recorded_leads",
+]

@@ -5,7 +5,7 @@ notes, and (sEHR, ECG, text) triplets, as ``datasets`` with the columns their co
   before *and after* the ECG acquisition, in time order (:func:`codes_for_ecg`). When more than ``max_codes``
   fall in the window, the ones nearest in time to the ECG are kept.
 * **ECG–text** (:func:`build_ecg_text_pairs`): the patient's notes around the ECG after *entity detection*
-  (a note is kept only if it names a biomedical entity of the :class:`EntityLexicon`), then either
+  (a note is kept only if it names a biomedical entity of the :class:`~cardiomm.knowledge.EntityLexicon`), then either
   **report concatenation** (the kept notes within ``window_days``, 30 by default, concatenated) or **entity
   concatenation** (only the entities of the kept notes within 365 days, concatenated; the paper's main setting).
 * **Triplets** (:func:`build_sehr_ecg_text_triplets`): the ECGs that have both a code sequence and a text.
@@ -17,15 +17,15 @@ the budget is cut to its first ``max_tokens`` tokens. Tokens are counted with ``
 ``lambda s: len(tokenizer.tokenize(s))``; whitespace words by default), without special tokens; the collator
 truncates at ``max_text_length`` as well.
 
-Entity detection is a lexicon step (exact phrase matching after :func:`~cardiomm.knowledge.normalize_term`
-normalisation, on word boundaries, longest phrase first): the lexicon holds the names and synonyms of the ECG
-statement knowledge base and the report phrases of the synthetic cohort
-(:data:`~cardiomm.data.synthetic_reports.CONDITION_SYNONYMS`). Sentences that start with a negation cue
-("No ...", "Without ...") name what the patient does *not* have, and are skipped.
+Entity detection is a lexicon step (:class:`~cardiomm.knowledge.EntityLexicon`: exact phrase matching after
+:func:`~cardiomm.knowledge.normalize_term` normalisation, on word boundaries, longest phrase first): the lexicon
+holds the names and synonyms of the ECG statement knowledge base and the condition vocabulary
+(:data:`~cardiomm.knowledge.CONDITION_SYNONYMS`). Sentences that start with a negation cue ("No ...",
+"Without ...") name what the patient does *not* have, and are skipped.
 
 Patient-level splits are preserved: the ECG rows keep their split, and codes and notes come from the ECG's own
 patient (patients in two splits raise). Events *after* an ECG come from a full event table when there is one: a
-:class:`~cardiomm.data.synthetic.SyntheticCohort`, an event ``DataFrame``, ``{patient_id: events}``, or the
+:class:`~cardiomm.synthetic.SyntheticCohort`, an event ``DataFrame``, ``{patient_id: events}``, or the
 ``ehr_events.parquet`` that :func:`save_pairing_tables` writes next to a dataset folder. Without one, a patient's
 timeline is the union of the ``ehr_events`` of their rows (each row holds the events up to its ECG), so events
 after the patient's last ECG are missing. Notes likewise come from ``patient_notes.parquet`` (ECG and imaging
@@ -35,27 +35,19 @@ reports of the synthetic cohort) or, without it, from the rows' ``report`` (+ ``
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 
-from ..knowledge import load_knowledge_base, normalize_term
-from .collators import ECGCollator
+from ..knowledge.entities import EntityLexicon, build_entity_lexicon
 from .ehr import codes_around, patient_timelines
-from .synthetic_reports import CONDITION_SYNONYMS
 
 EVENTS_TABLE_FILE = "ehr_events.parquet"
 """Full event table (``patient_id, time, code_system, code`` [, ...]) saved next to a dataset folder."""
 NOTES_TABLE_FILE = "patient_notes.parquet"
 """Patient notes table (``patient_id, time, note_type, text``) saved next to a dataset folder."""
-CODE_TOKENIZER_FOLDER = "sehr_tokenizer"
-"""Sub-folder of a tri-modal checkpoint holding its ``MedicalCodeTokenizer``."""
 PAIRED_EVENT_FIELDS: tuple[str, ...] = ("time", "code_system", "code", "event_type")
 TEXT_PAIRINGS: tuple[str, ...] = ("entity", "report")
 DEFAULT_EHR_WINDOW_DAYS = 365
@@ -192,89 +184,6 @@ def codes_for_ecg(
         }
         for e in kept
     ]
-
-
-# ------------------------------------------------------------------------------------------------ entity lexicon
-_NEGATION_CUES: tuple[str, ...] = ("no ", "without ", "negative for ")
-_SENTENCE_BREAK = re.compile(r"[.;\n]\s*(?=\D|$)")
-
-
-@dataclass
-class EntityLexicon:
-    """Biomedical entity phrases for entity detection by exact phrase matching.
-
-    Args:
-        phrases: normalised phrase -> entity name (the knowledge-base concept or synthetic condition it names).
-
-    Matching normalises the text with :func:`~cardiomm.knowledge.normalize_term` (case-folded, hyphens between
-    words read as spaces), splits it into sentences (on ``.``, ``;`` and new lines), skips sentences that start with
-    a negation cue, and finds the phrases on word boundaries, longest first, without overlaps.
-    """
-
-    phrases: dict[str, str]
-    _pattern: re.Pattern | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.phrases:
-            raise ValueError("an entity lexicon needs at least one phrase")
-        ordered = sorted(self.phrases, key=lambda p: (-len(p), p))
-        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in ordered) + r")(?!\w)")
-
-    def __len__(self) -> int:
-        return len(self.phrases)
-
-    def __contains__(self, phrase: object) -> bool:
-        return isinstance(phrase, str) and normalize_term(phrase) in self.phrases
-
-    def find(self, text: str) -> list[str]:
-        """The entity mentions of ``text`` (normalised phrases) in order of appearance, negated sentences skipped."""
-        found: list[str] = []
-        for sentence in _SENTENCE_BREAK.split(normalize_term(text or "")):
-            sentence = sentence.strip()
-            if not sentence or sentence.startswith(_NEGATION_CUES):
-                continue
-            found.extend(match.group(0) for match in self._pattern.finditer(sentence))
-        return found
-
-    def entities(self, text: str) -> list[str]:
-        """The entity names (not the surface phrases) that ``text`` mentions, in order, without repeats."""
-        return list(dict.fromkeys(self.phrases[p] for p in self.find(text)))
-
-    def has_entity(self, text: str) -> bool:
-        """Whether ``text`` mentions at least one entity (the paper's entity detection)."""
-        return bool(self.find(text))
-
-
-def build_entity_lexicon(
-    knowledge_base: Any = None,
-    synonyms: Mapping[str, Iterable[str]] | None = None,
-    extra_phrases: Mapping[str, str] | None = None,
-    min_length: int = 2,
-) -> EntityLexicon:
-    """The entity lexicon: the names and synonyms of the knowledge base (default
-    :func:`~cardiomm.knowledge.load_knowledge_base`), the synthetic report vocabulary (default
-    :data:`~cardiomm.data.synthetic_reports.CONDITION_SYNONYMS`: each condition and its phrases) and
-    ``extra_phrases`` (phrase -> entity name). Phrases shorter than ``min_length`` characters are left out; a phrase
-    named by two sources keeps the first entity name (knowledge base, then synthetic vocabulary, then extras)."""
-    knowledge_base = knowledge_base if knowledge_base is not None else load_knowledge_base()
-    synonyms = CONDITION_SYNONYMS if synonyms is None else synonyms
-    phrases: dict[str, str] = {}
-
-    def add(phrase: str, name: str) -> None:
-        key = normalize_term(phrase)
-        if len(key) >= min_length:
-            phrases.setdefault(key, name)
-
-    for entry in knowledge_base:
-        for name in entry.names:
-            add(name, entry.name)
-    for condition, condition_phrases in synonyms.items():
-        add(condition, condition)
-        for phrase in condition_phrases:
-            add(phrase, condition)
-    for phrase, name in (extra_phrases or {}).items():
-        add(phrase, name)
-    return EntityLexicon(phrases)
 
 
 # -------------------------------------------------------------------------------------------- ECG-text pairing
@@ -483,7 +392,7 @@ def build_ecg_sehr_pairs(
     patient-level splits) that have at least ``min_codes`` events within ``window_days`` of the ECG, plus the
     column ``sehr_events`` (list of ``{time, code_system, code, event_type}``, :func:`codes_for_ecg`). Kept columns:
     ``keep_columns`` and every ``labels_*`` column (``None``: all). Events come from ``events`` or
-    :func:`pairing_timelines`. Batch them with :class:`ECGSEHRCollator`."""
+    :func:`pairing_timelines`. Batch them with :class:`~cardiomm.data.collators.ECGSEHRCollator`."""
     timelines = pairing_timelines(source, events)
 
     def make(pid: str, time: Any) -> dict[str, Any] | None:
@@ -538,7 +447,7 @@ def build_sehr_ecg_text_triplets(
 ):
     """(sEHR, ECG, text) triplets: the ECGs with both an ECG–sEHR pair (``sehr_events``) and an ECG–text pair
     (``text``), as a ``DatasetDict`` in the patient-level splits of ``source``. Batch with
-    :class:`SEHRECGTextCollator`."""
+    :class:`~cardiomm.data.collators.SEHRECGTextCollator`."""
     lexicon = lexicon if lexicon is not None else build_entity_lexicon()
     parts = _ecg_splits(source)
     timelines = pairing_timelines(source, events)
@@ -558,112 +467,18 @@ def build_sehr_ecg_text_triplets(
     return _build_pairs(parts, make, features, _keep(keep_columns, _label_columns(parts)), splits)
 
 
-# ------------------------------------------------------------------------------------------------ collators
-def _row_time(value: Any) -> Any:
-    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
-
-
-@dataclass
-class ECGSEHRCollator(ECGCollator):
-    """Batches ECG–sEHR pairs: the ECG through the feature extractor (:meth:`ECGCollator.ecg_features`), the
-    ``events_column`` through the ``MedicalCodeTokenizer`` with the ECG acquisition (``time_column``) as reference
-    time, padded to the longest sequence of the batch. Keys: ``input_values``, ``lead_mask``, ``input_ids``,
-    ``attention_mask``, ``time_ids``, ``type_ids`` (the last four prefixed with ``code_prefix``)."""
-
-    code_tokenizer: Any = None
-    events_column: str = "sehr_events"
-    time_column: str = "acquisition_time"
-    max_codes_length: int = 512
-    code_prefix: str = ""
-
-    def code_features(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``attention_mask``, ``time_ids``, ``type_ids`` of the rows' code sequences."""
-        if self.code_tokenizer is None:
-            raise ValueError("ECGSEHRCollator needs a code_tokenizer (MedicalCodeTokenizer)")
-        encoded = self.code_tokenizer(
-            [list(r[self.events_column]) for r in rows],
-            reference_time=[_row_time(r[self.time_column]) for r in rows],
-            max_length=self.max_codes_length, window="recent", padding="longest", return_tensors="pt",
-        )
-        return {self.code_prefix + k: encoded[k] for k in ("input_ids", "attention_mask", "time_ids", "type_ids")}
-
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.ecg_features(rows)
-        batch.update(self.code_features(rows))
-        if self.label_column is not None:
-            batch["labels"] = torch.as_tensor(np.stack([np.asarray(r[self.label_column]) for r in rows])).float()
-        return batch
-
-
-@dataclass
-class SEHRECGTextCollator(ECGSEHRCollator):
-    """Batches (sEHR, ECG, text) triplets for :class:`SEHRECGTextModel`: ECG features, the code sequence with keys
-    ``ehr_input_ids``, ``ehr_attention_mask``, ``ehr_time_ids``, ``ehr_type_ids``, and the text (``text_column``)
-    through ``tokenizer`` as ``input_ids``, ``attention_mask`` (+ ``token_type_ids``), truncated at
-    ``max_text_length``."""
-
-    tokenizer: Any = None
-    text_column: str = "text"
-    max_text_length: int = DEFAULT_TEXT_TOKENS
-    code_prefix: str = "ehr_"
-
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.ecg_features(rows)
-        batch.update(self.code_features(rows))
-        text = self.tokenizer(
-            [str(r[self.text_column] or "") for r in rows], padding="longest", truncation=True,
-            max_length=self.max_text_length, return_tensors="pt",
-        )
-        batch.update({k: v for k, v in text.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-        return batch
-
-
-@dataclass
-class SEHRECGTextPreprocessing:
-    """The preprocessing of a tri-modal checkpoint, saved next to its weights: the ECG feature extractor and the
-    text tokenizer in the folder itself, the ``MedicalCodeTokenizer`` in :data:`CODE_TOKENIZER_FOLDER`."""
-
-    feature_extractor: Any
-    code_tokenizer: Any
-    tokenizer: Any
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the three parts (see the class docstring)."""
-        self.feature_extractor.save_pretrained(save_directory)
-        self.tokenizer.save_pretrained(save_directory)
-        self.code_tokenizer.save_pretrained(os.path.join(save_directory, CODE_TOKENIZER_FOLDER))
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> SEHRECGTextPreprocessing:
-        """Load the three parts of a folder written by :meth:`save_pretrained` (``kwargs``, e.g.
-        ``trust_remote_code``, go to each ``from_pretrained``)."""
-        from transformers import AutoFeatureExtractor, AutoTokenizer
-
-        return cls(
-            feature_extractor=AutoFeatureExtractor.from_pretrained(path, **kwargs),
-            code_tokenizer=AutoTokenizer.from_pretrained(os.path.join(path, CODE_TOKENIZER_FOLDER), **kwargs),
-            tokenizer=AutoTokenizer.from_pretrained(path, **kwargs),
-        )
-
-
 __all__ = [
-    "CODE_TOKENIZER_FOLDER",
     "DEFAULT_EHR_WINDOW_DAYS",
     "DEFAULT_ENTITY_WINDOW_DAYS",
     "DEFAULT_MAX_CODES",
     "DEFAULT_REPORT_WINDOW_DAYS",
     "DEFAULT_TEXT_TOKENS",
-    "ECGSEHRCollator",
     "EVENTS_TABLE_FILE",
-    "EntityLexicon",
     "NOTES_TABLE_FILE",
     "PAIRED_EVENT_FIELDS",
-    "SEHRECGTextCollator",
-    "SEHRECGTextPreprocessing",
     "TEXT_PAIRINGS",
     "build_ecg_sehr_pairs",
     "build_ecg_text_pairs",
-    "build_entity_lexicon",
     "build_sehr_ecg_text_triplets",
     "codes_for_ecg",
     "cohort_notes",

@@ -154,8 +154,7 @@ class _ECGTower:
 
 def evaluate_ecg_text_model(
     model: Any,
-    feature_extractor: Any,
-    tokenizer: Any,
+    processor: Any,
     dataset: Mapping[str, Any],
     info: ECGDatasetInfo,
     tasks: Sequence[str] | None = None,
@@ -171,6 +170,9 @@ def evaluate_ecg_text_model(
 ) -> EvaluationReport:
     """Zero-shot, linear-probe and retrieval evaluation of an ECG–text dual encoder (see the module protocol).
 
+    ``processor`` is the model's processor (an ``ECGTextProcessor``, as saved with the checkpoint): every ECG and
+    every prompt reaches the model through it.
+
     ``baselines`` maps a name to another ECG encoder (e.g. a randomly initialised one) that gets the same
     linear-probe protocol, so the table compares like with like. Results go to ``out_dir`` as
     ``results.json``, ``results.md`` and one ROC-curve PNG per task with a zero-shot result.
@@ -183,12 +185,12 @@ def evaluate_ecg_text_model(
     report = EvaluationReport(results={"protocol": PROTOCOL, "crop": crop, "tasks": {}})
     rate = info.sampling_rate
     test = dataset["test"]
-    zs_embeddings = embed_ecgs(model, feature_extractor, test, rate, batch_size, crop, progress=progress)
-    gallery = embed_ecgs(model, feature_extractor, dataset["train"], rate, batch_size, crop, progress=progress)
-    encode_text = text_encoder(model, tokenizer)
+    zs_embeddings = embed_ecgs(model, processor, test, rate, batch_size, crop, progress=progress)
+    gallery = embed_ecgs(model, processor, dataset["train"], rate, batch_size, crop, progress=progress)
+    encode_text = text_encoder(model, processor)
     encoders = {"pretrained": _ECGTower(model), **{k: _ECGTower(v) for k, v in (baselines or {}).items()}}
     probe_features = {
-        name: {split: embed_ecgs(enc, feature_extractor, dataset[split], rate, batch_size, crop, progress=progress)
+        name: {split: embed_ecgs(enc, processor, dataset[split], rate, batch_size, crop, progress=progress)
                for split in ("train", "validation", "test")}
         for name, enc in encoders.items()
     }

@@ -46,6 +46,8 @@ TOKENIZER_FILES: tuple[str, ...] = tuple(dict.fromkeys((
     "chat_template.jinja",
     *MEDICAL_CODE_VOCAB_FILES.values(),  # MedicalCodeTokenizer
 )))
+# folders a processor saves its second tokenizer in (ECGSEHRProcessor / SEHRECGTextProcessor: the code tokenizer)
+PROCESSOR_SUBFOLDERS: tuple[str, ...] = ("code_tokenizer",)
 MODEL_CARD = "README.md"
 TRAINING_CONFIG = "training_config.yaml"
 LOCAL_PATH_PLACEHOLDER = "<local>"
@@ -208,7 +210,14 @@ def plan_upload(folder: str | os.PathLike) -> UploadPlan:
     plan = UploadPlan(folder=root)
     for path in sorted(root.iterdir(), key=lambda p: p.name):
         name = path.name
-        if path.is_dir():
+        if path.is_dir() and name in PROCESSOR_SUBFOLDERS:
+            for inner in sorted(path.iterdir(), key=lambda p: p.name):
+                inner_name = f"{name}/{inner.name}"
+                if inner.is_file() and inner.name in set(PREPROCESSOR_FILES) | set(TOKENIZER_FILES):
+                    plan.files.append(UploadFile(inner_name, inner.stat().st_size, inner))
+                else:
+                    plan.left_out.append((inner_name, "not a tokenizer file"))
+        elif path.is_dir():
             plan.left_out.append((f"{name}/", "folder (training state, logs): not part of a checkpoint"))
         elif not path.is_file():
             plan.left_out.append((name, "not a regular file"))
