@@ -1,7 +1,7 @@
 """The README's ``cardiomm evaluate`` and ``cardiomm push`` commands, run as the user runs them: in a subprocess.
 
 ``evaluate`` gets a tiny saved ECG–text dual encoder with its processor and a small synthetic cohort built with
-:mod:`cardiomm.data.synthetic`. ``push`` runs through a wrapper script that replaces ``huggingface_hub.HfApi``
+:mod:`cardiomm.synthetic`. ``push`` runs through a wrapper script that replaces ``huggingface_hub.HfApi``
 with a local fake before calling ``cardiomm.cli.main`` (the console script's entry point): each call is checked
 against the real ``HfApi`` method's signature and logged, committed files are written to a local "remote"
 folder, and ``HF_HUB_OFFLINE=1`` keeps anything else off the network. Here: ``push --private --dry-run``;
@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, BertConfig
 
 from cli_process import CARDIOMM, describe, run_cardiomm
 
-from cardiomm.data.synthetic import synthesize
+from cardiomm.synthetic import synthesize
 from cardiomm.hub.model_card import ModelCardInfo, write_model_card
 from cardiomm.modeling.configuration_ecg_encoder import ECGEncoderConfig
 from cardiomm.modeling.configuration_ecg_text import ECGTextDualEncoderConfig

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from cardiomm.data.ecg_dataset import label_column, save_ecg_dataset
-from cardiomm.data.synthetic import build_dataset, generate_cohort, synthetic_dataset_info
+from cardiomm.synthetic import build_dataset, generate_cohort, synthetic_dataset_info
 from cardiomm.training.config import ExperimentConfig, load_config
 from cli_process import describe
 from test_cli_evaluate_push import cardiomm, pretrain_like_folder, save_tiny_checkpoint

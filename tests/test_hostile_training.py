@@ -113,10 +113,10 @@ class Payload:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic cohort, written once as the experiment's ``data.synthetic`` would write it."""
-    from cardiomm.training.objectives import prepare_paired_dataset
+    from cardiomm.training.experiment_data import prepare_dataset_folder
 
     folder = tmp_path_factory.mktemp("cohort") / "data"
-    prepare_paired_dataset({"path": str(folder), "synthetic": {"n_patients": 24, "seed": 0}})
+    prepare_dataset_folder({"path": str(folder), "synthetic": {"n_patients": 24, "seed": 0}}, paired=True)
     return folder
 
 

@@ -1,18 +1,24 @@
-"""ECG statement knowledge base, label resolution across datasets, prompt building and verification."""
+"""ECG statement knowledge base, label resolution across datasets, prompt building and verification, and entity
+detection in notes (the condition vocabulary and the entity lexicon)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from cli_process import cardiomm_env
 
 from cardiomm.knowledge import (
     CATEGORIES,
+    CONDITION_SYNONYMS,
     CONNECTIVE_WORDS,
     build_clinical_prompt,
+    build_entity_lexicon,
     clinical_terms,
     get_prompts,
     load_knowledge_base,
@@ -20,9 +26,11 @@ from cardiomm.knowledge import (
     normalize_term,
     save_prompts,
     select_prompts,
+    split_sentences,
     template_prompt,
     verify_prompt,
 )
+from cardiomm.knowledge.entities import CONDITION_SYNONYMS_FILE
 from cardiomm.knowledge.prompts import REPHRASE_INSTRUCTION
 
 SHARED = Path("/work/shared")
@@ -285,3 +293,59 @@ def test_reference_prompt_file_format_is_compatible(kb):
         selected = select_prompts(reference, labels)
         assert list(selected) == labels and all(selected.values())
         assert set(get_prompts(task)) == set(selected)
+
+
+# ------------------------------------------------------------------------------------------------ entity lexicon
+@pytest.fixture(scope="module")
+def lexicon():
+    return build_entity_lexicon()
+
+
+def test_lexicon_exact_phrases_on_word_boundaries(lexicon) -> None:
+    assert "atrial fibrillation" in lexicon and "LBBB" in lexicon and "normal electrocardiogram" in lexicon
+    assert lexicon.find("AF after ablation. Afib with RVR") == ["af", "afib"]  # no "af" inside "after"
+    # the longest phrase wins and is not also counted as its shorter parts
+    assert lexicon.find("Complete right bundle branch block") == ["complete right bundle branch block"]
+    # hyphens between words read as spaces; the case does not matter
+    assert lexicon.find("First-Degree AV block") == ["first degree av block"]
+    # negated sentences name what the patient does not have
+    assert lexicon.find("No evidence of left ventricular hypertrophy. Sinus rhythm") == ["sinus rhythm"]
+    assert lexicon.entities("LVH; left ventricular hypertrophy; lvh") == ["left ventricular hypertrophy"]
+    assert not lexicon.has_entity("Vent. rate 71 bpm. Lungs are clear.")
+
+
+def test_sentences_split_on_stops_but_not_inside_decimal_numbers() -> None:
+    assert split_sentences("QRS 0.12 s. Sinus rhythm;\nNo LVH.") == ["QRS 0.12 s", "Sinus rhythm", "No LVH"]
+    assert split_sentences(" . ;\n") == []
+
+
+def test_condition_vocabulary_is_the_packaged_file_and_every_phrase_names_its_condition() -> None:
+    from cardiomm.synthetic import mentioned_conditions
+
+    stored = json.loads(CONDITION_SYNONYMS_FILE.read_text())["conditions"]
+    assert CONDITION_SYNONYMS == {condition: tuple(phrases) for condition, phrases in stored.items()}
+    vocabulary_only = build_entity_lexicon(knowledge_base=[])
+    for condition, phrases in CONDITION_SYNONYMS.items():
+        for phrase in phrases:
+            # the lexicon on notes and the reader of the synthetic reports agree on what each phrase names
+            assert vocabulary_only.entities(phrase) == [condition], phrase
+            assert mentioned_conditions(phrase) == [condition], phrase
+
+
+_IMPORT_PROBE = """
+import sys
+import cardiomm.knowledge
+from cardiomm.knowledge import build_entity_lexicon
+assert build_entity_lexicon().entities("Atrial fibrillation") == ["atrial fibrillation"]
+import cardiomm.data.pairing
+print(sorted(name for name in sys.modules if name.split(".")[:2] == ["cardiomm", "synthetic"]))
+"""
+
+
+def test_knowledge_and_the_lexicon_do_not_import_the_synthetic_cohort() -> None:
+    """The knowledge base and the lexicon applied to real notes (and the pairing built on it) stand without the
+    synthetic cohort: importing them in a fresh process loads no ``cardiomm.synthetic`` module."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, timeout=300,
+                          env=cardiomm_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

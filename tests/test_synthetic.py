@@ -12,10 +12,12 @@ from sklearn.metrics import roc_auc_score
 
 from cardiomm.data.ecg_dataset import label_column, load_ecg_dataset
 from cardiomm.data.splits import patient_level_split
-from cardiomm.data.synthetic import (
-    CONDITION_SYNONYMS,
+from cardiomm.knowledge import CONDITION_SYNONYMS, NEGATION_CUES
+from cardiomm.processing.ecg_records import STANDARD_12_LEADS, read_ecg_record
+from cardiomm.synthetic import (
     ICD10_TRANSITION,
     RHYTHMS,
+    STANDARD_LEAD_ORDER,
     SYNTHETIC_CONDITIONS,
     WAVE_ATTRIBUTES,
     build_dataset,
@@ -28,11 +30,8 @@ from cardiomm.data.synthetic import (
     simulate_ecgs,
     write_wfdb,
 )
-from cardiomm.data.synthetic_ecg import STANDARD_LEAD_ORDER
-from cardiomm.data.synthetic_ehr import DIAGNOSES, PROCEDURES
-from cardiomm.data.synthetic_imaging import ANGIOGRAM_SHAPE, CHEST_XRAY_SHAPE, ECHO_SHAPE
-from cardiomm.data.synthetic_reports import NEGATION_CUES
-from cardiomm.processing.ecg_records import STANDARD_12_LEADS, read_ecg_record
+from cardiomm.synthetic.ehr import DIAGNOSES, PROCEDURES
+from cardiomm.synthetic.imaging import ANGIOGRAM_SHAPE, CHEST_XRAY_SHAPE, ECHO_SHAPE
 
 LEAD = {name: i for i, name in enumerate(STANDARD_LEAD_ORDER)}
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.ecg_dataset import read_dataset_info
-    from .data.synthetic import synthesize
+    from .synthetic import synthesize
 
     out = synthesize(
         n_patients=args.n_patients,
@@ -67,7 +67,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.data_dir, n_records=args.n_records, repeats=5 if args.repeats is None else args.repeats,
         )))
     elif args.what == "synthetic":
-        from .benchmarks.synthetic import benchmark_synthetic
+        from .benchmarks.synthetic_cohort import benchmark_synthetic
 
         print(format_table(benchmark_synthetic(
             n_ecgs=args.n_ecgs, n_patients=args.n_patients, n_delineate=args.n_delineate, repeats=args.repeats,
@@ -102,7 +102,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     dataset, info = load_ecg_dataset(args.data)
     dataset = DatasetDict({k: v.with_format("numpy") for k, v in dataset.items()})
     report = evaluate_ecg_text_model(
-        model, processor.feature_extractor, processor.tokenizer, dataset, info, tasks=args.tasks or None,
+        model, processor, dataset, info, tasks=args.tasks or None,
         out_dir=args.out, crop=args.crop,
     )
     print(report.markdown())

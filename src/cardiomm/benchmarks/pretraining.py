@@ -1,6 +1,6 @@
 """Speed of MERL pretraining (ECG–report CLIP + uni-modal alignment) on this machine, through the real training path.
 
-Every variant trains ``warmup + steps`` optimiser steps with the shared :class:`~cardiomm.training.Trainer` on a
+Every variant trains ``warmup + steps`` optimiser steps with the shared :class:`~cardiomm.training.TrainingLoop` on a
 synthetic cohort (12 leads, 10 s at 500 Hz), built from a shipped experiment file by
 :func:`~cardiomm.training.objectives.build_ecg_text_run`: the dataset's rows go through a ``DataLoader`` and the
 run's :class:`~cardiomm.data.collators.ECGTextCollator` (feature extractor + tokenizer), then forward, backward,
@@ -86,7 +86,7 @@ class PretrainingVariant:
 
     Args:
         model: ``"tiny"`` or ``"resnet18"`` (see the module docstring).
-        mixed_precision: ``"no"`` (fp32) or ``"bf16"`` (autocast), the Trainer's ``mixed_precision``.
+        mixed_precision: ``"no"`` (fp32) or ``"bf16"`` (autocast), the training loop's ``mixed_precision``.
         text_padding: ``"dynamic"`` (to the longest report of the batch) or ``"max_length"``.
         freeze_text_layers: frozen text layers (-1: the whole tower); ``None`` keeps the experiment file's.
         reports: ``"synthetic"`` (the cohort's reports) or ``"mimic"`` (extended to 40-80 words).
@@ -287,15 +287,15 @@ def run_variant(variant: PretrainingVariant, data_path: str | os.PathLike, batch
     """
     import torch
 
-    from cardiomm.training.loop import Trainer
-    from cardiomm.training.objectives import build_ecg_text_run
+    from cardiomm.training.loop import TrainingLoop
+    from cardiomm.training.objectives import build_run
 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     with tempfile.TemporaryDirectory() as output_dir:
-        # one more step than timed: the Trainer does not call on_step_end after its last step
+        # one more step than timed: the training loop does not call on_step_end after its last step
         experiment = experiment_for(variant, data_path, batch_size, warmup + steps + 1, output_dir, num_workers)
-        run = build_ecg_text_run(experiment)
+        run = build_run(experiment)
         run.collate_fn.padding = "max_length" if variant.text_padding == "max_length" else "longest"
         train = run.train_dataset
         if variant.reports == "mimic":
@@ -318,10 +318,10 @@ def run_variant(variant: PretrainingVariant, data_path: str | os.PathLike, batch
 
         # DataLoader workers collate in their own processes (and need a picklable collator): not timed then
         collate_fn = collate if num_workers == 0 else run.collate_fn
-        trainer = Trainer(run.model, experiment, train, collate_fn=collate_fn, on_step_end=on_step_end)
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        profiles.append(StepProfile(model, trainer.optimizer.optimizer, flop_steps=warmup))
-        trainer.train()
+        loop = TrainingLoop(run.model, experiment, train, collate_fn=collate_fn, on_step_end=on_step_end)
+        model = loop.accelerator.unwrap_model(loop.model)
+        profiles.append(StepProfile(model, loop.optimizer.optimizer, flop_steps=warmup))
+        loop.train()
         profile = profiles[0]
     timed = slice(warmup, warmup + steps)
     if num_workers:
@@ -348,12 +348,12 @@ def mixed_precision_check(model: str = "resnet18", data_path: str | os.PathLike 
     (computed in float64)."""
     import torch
 
-    from cardiomm.training.objectives import build_ecg_text_run
+    from cardiomm.training.objectives import build_run
 
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(data_path or Path(tmp) / "synthetic")
         variant = PretrainingVariant(model=model, mixed_precision="no", freeze_text_layers=None)
-        run = build_ecg_text_run(experiment_for(variant, data, batch_size, 1, Path(tmp) / "out"))
+        run = build_run(experiment_for(variant, data, batch_size, 1, Path(tmp) / "out"))
         rows = [run.train_dataset[i] for i in range(batch_size)]
         torch.manual_seed(seed)
         batch = run.collate_fn(rows)
@@ -397,7 +397,7 @@ def _run_in_fresh_process(kwargs: dict[str, Any]) -> dict[str, Any]:
 def prepare_data(directory: str | os.PathLike, n_patients: int = 300, seed: int = 0) -> Path:
     """The synthetic cohort (12 x 5000 at 500 Hz, ~600 training ECGs for 300 patients) saved in ``directory``."""
     from cardiomm.data.ecg_dataset import METADATA_FILE
-    from cardiomm.data.synthetic import synthesize
+    from cardiomm.synthetic import synthesize
 
     path = Path(directory)
     if not (path / METADATA_FILE).is_file():
@@ -478,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from cardiomm.tables import format_table
 
-    parser = argparse.ArgumentParser(description="Speed of MERL pretraining through the cardiomm Trainer.")
+    parser = argparse.ArgumentParser(description="Speed of MERL pretraining through the cardiomm training loop.")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="model/precision/padding/freeze/reports, e.g. resnet18/bf16/dynamic/-1/mimic "
                              "(default: the DEFAULT_VARIANTS set)")

@@ -49,7 +49,7 @@ def benchmark_tokenizer(
 ) -> dict[str, Any]:
     """Encoding speed of :class:`MedicalCodeTokenizer` on the timelines of a synthetic cohort (one row)."""
     from cardiomm.data.ehr import build_medical_code_tokenizer, patient_timelines
-    from cardiomm.data.synthetic import generate_cohort
+    from cardiomm.synthetic import generate_cohort
 
     timelines = list(patient_timelines(generate_cohort(n_patients, seed=seed)).values())
     tokenizer = build_medical_code_tokenizer(timelines, min_patients=min_patients)

@@ -11,7 +11,7 @@ possible; BLAS / OpenMP are held to one thread):
 * ``measure_wave_attributes`` -- delineation of the ECGs (one process);
 * ``build_dataset`` -- the cohort as a ``datasets.DatasetDict`` (with EHR event lists).
 
-Run ``python -m cardiomm.benchmarks.synthetic --help``.
+Run ``python -m cardiomm.benchmarks.synthetic_cohort --help`` (or ``cardiomm bench synthetic --help``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cardiomm.data.synthetic import (
+from cardiomm.synthetic import (
     build_dataset,
     generate_cohort,
     measure_wave_attributes,

@@ -1,1 +1,2 @@
-"""Datasets: the synthetic cohort, real-dataset converters, splits and on-disk layout."""
+"""Datasets: real-dataset converters, the on-disk dataset layout, splits, structured-EHR timelines and pre-training
+pairs (the synthetic cohort is :mod:`cardiomm.synthetic`)."""

@@ -110,7 +110,7 @@ def _read_dataset_folder(path: str | os.PathLike) -> dict[str, list[dict[str, An
 def patient_timelines(source: Any, splits: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """One time-ordered event list per patient.
 
-    ``source`` is a :class:`~cardiomm.data.synthetic.SyntheticCohort` (its ``ehr_events`` table), an event
+    ``source`` is a :class:`~cardiomm.synthetic.SyntheticCohort` (its ``ehr_events`` table), an event
     ``DataFrame`` (``patient_id, time, code_system, code`` [, ``event_type, description``]), a mapping
     ``{patient_id: events}`` (sorted by time), a dataset folder, a
     ``datasets.Dataset`` / ``DatasetDict`` or any iterable of rows with ``patient_id`` and ``ehr_events`` (each row

@@ -1,5 +1,12 @@
-"""ECG statement knowledge base and prompt building for zero-shot classification."""
+"""ECG statement knowledge base, prompt building for zero-shot classification, and entity detection in notes."""
 
+from .entities import (
+    CONDITION_SYNONYMS,
+    NEGATION_CUES,
+    EntityLexicon,
+    build_entity_lexicon,
+    split_sentences,
+)
 from .knowledge_base import (
     CATEGORIES,
     KnowledgeBase,
@@ -27,14 +34,18 @@ from .prompts import (
 
 __all__ = [
     "CATEGORIES",
+    "CONDITION_SYNONYMS",
     "CONNECTIVE_WORDS",
     "PROMPT_STYLES",
     "ClinicalPrompt",
+    "EntityLexicon",
     "KnowledgeBase",
     "KnowledgeEntry",
     "LabelSet",
+    "NEGATION_CUES",
     "TextGenerationRephraser",
     "build_clinical_prompt",
+    "build_entity_lexicon",
     "clinical_terms",
     "entry_prompts",
     "found_terms",
@@ -44,6 +55,7 @@ __all__ = [
     "normalize_term",
     "save_prompts",
     "select_prompts",
+    "split_sentences",
     "template_prompt",
     "verify_prompt",
 ]

@@ -4,10 +4,10 @@ A cohort is a set of patients (age, sex, risk factors) followed over 2010-2022 t
 cardiac conditions start at an onset date and stay (bundle branch blocks, LVH, infarctions, axis deviation,
 low voltage, first-degree AV block); atrial fibrillation and flutter come in episodes; sinus brady- and
 tachycardia, PVCs and QT prolongation are transient. At each ECG encounter the patient's state sets the
-ECG's labels, its 12-lead waveform (:mod:`cardiomm.data.synthetic_ecg`), a free-text report
-(:mod:`cardiomm.data.synthetic_reports`), labs and echo values, and optional imaging
-(:mod:`cardiomm.data.synthetic_imaging`); every encounter leaves coded EHR events
-(:mod:`cardiomm.data.synthetic_ehr`). Wave attributes are stored as modelled (``true_*``) and, optionally,
+ECG's labels, its 12-lead waveform (:mod:`cardiomm.synthetic.ecg`), a free-text report
+(:mod:`cardiomm.synthetic.reports`), labs and echo values, and optional imaging
+(:mod:`cardiomm.synthetic.imaging`); every encounter leaves coded EHR events
+(:mod:`cardiomm.synthetic.ehr`). Wave attributes are stored as modelled (``true_*``) and, optionally,
 as measured from the signal by delineation (``measured_*``, neurokit2 on lead II).
 
 Everything is deterministic in ``seed``. The same cohort can be written as WFDB records plus metadata
@@ -27,9 +27,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .ecg_dataset import METADATA_FILE, ECGDatasetInfo, ecg_features, label_column, multi_hot, save_ecg_dataset
-from .splits import DEFAULT_SPLIT_FRACTIONS, patient_level_split
-from .synthetic_ecg import (
+from ..data.ecg_dataset import (
+    METADATA_FILE,
+    ECGDatasetInfo,
+    ecg_features,
+    label_column,
+    multi_hot,
+    save_ecg_dataset,
+)
+from ..data.splits import DEFAULT_SPLIT_FRACTIONS, patient_level_split
+from .ecg import (
     RHYTHMS,
     SCP_CODES,
     STANDARD_LEAD_ORDER,
@@ -39,11 +46,9 @@ from .synthetic_ecg import (
     normalize_conditions,
     render_ecgs,
     sample_ecg_parameters,
-    simulate_ecgs,
 )
-from .synthetic_ehr import (
+from .ehr import (
     CODE_SYSTEMS,
-    ICD10_TRANSITION,
     LAB_UNITS,
     RISK_FACTORS,
     events_before,
@@ -53,7 +58,7 @@ from .synthetic_ehr import (
     observed_labs,
     therapy_classes,
 )
-from .synthetic_imaging import (
+from .imaging import (
     ANGIOGRAM_SHAPE,
     CHEST_XRAY_SHAPE,
     CORONARY_ARTERIES,
@@ -65,34 +70,20 @@ from .synthetic_imaging import (
     render_chest_xray,
     render_echo,
 )
-from .synthetic_reports import CONDITION_SYNONYMS, mentioned_conditions, write_ecg_reports
+from .reports import write_ecg_reports
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
 __all__ = [
-    "SYNTHETIC_CONDITIONS",
-    "RHYTHMS",
-    "SCP_CODES",
-    "WAVE_ATTRIBUTES",
-    "LAB_UNITS",
-    "CODE_SYSTEMS",
-    "CONDITION_SYNONYMS",
-    "ICD10_TRANSITION",
-    "ECGParameters",
     "SyntheticCohort",
-    "simulate_ecgs",
-    "sample_ecg_parameters",
-    "render_ecgs",
-    "normalize_conditions",
-    "mentioned_conditions",
-    "measure_wave_attributes",
-    "generate_cohort",
-    "write_wfdb",
     "build_dataset",
-    "synthetic_dataset_info",
+    "generate_cohort",
+    "measure_wave_attributes",
     "save_synthetic_dataset",
     "synthesize",
+    "synthetic_dataset_info",
+    "write_wfdb",
 ]
 
 COHORT_START = pd.Timestamp("2010-01-01")
@@ -977,8 +968,10 @@ def build_dataset(
 
 def save_synthetic_dataset(cohort: SyntheticCohort, out_dir: str | os.PathLike, **build_kwargs: Any) -> Path:
     """Build the cohort's dataset (:func:`build_dataset` keyword arguments) and save it with
-    :func:`save_ecg_dataset` (Parquet splits + ``cardiomm_dataset.json``). Returns ``out_dir``."""
-    dataset = build_dataset(cohort, **build_kwargs)
+    :func:`save_ecg_dataset` (Parquet splits + ``cardiomm_dataset.json``), as :func:`synthesize` does: only the
+    splits that hold patients, replacing the splits of a dataset saved there earlier. Returns ``out_dir``."""
+    dataset = _non_empty_splits(build_dataset(cohort, **build_kwargs))
+    _remove_earlier_splits(out_dir)
     return save_ecg_dataset(dataset, out_dir, synthetic_dataset_info(cohort))
 
 

@@ -4,6 +4,9 @@ A report states every label of its ECG (with synonyms, abbreviations, hedges suc
 varied order, sometimes in upper case like machine reads), may add pertinent negatives ("No evidence of acute
 infarction") only for conditions that are absent, and sometimes a measurement line. A fraction of reports is
 incomplete: one label is left out, and the record keeps the list of labels its report mentions.
+
+The reader (:func:`mentioned_conditions`) uses the knowledge base's condition vocabulary
+(:data:`~cardiomm.knowledge.CONDITION_SYNONYMS`) and negation cues (:data:`~cardiomm.knowledge.NEGATION_CUES`).
 """
 
 from __future__ import annotations
@@ -13,69 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .synthetic_ecg import RHYTHMS, SYNTHETIC_CONDITIONS
-
-CONDITION_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "normal ECG": (
-        "normal ecg", "normal electrocardiogram", "normal tracing", "within normal limits", "normal 12-lead ecg"
-    ),
-    "sinus rhythm": ("sinus rhythm", "nsr", "normal sinus rhythm", "regular sinus rhythm"),
-    "sinus bradycardia": ("sinus bradycardia", "sinus brady", "marked sinus bradycardia"),
-    "sinus tachycardia": ("sinus tachycardia", "sinus tach"),
-    "atrial fibrillation": ("atrial fibrillation", "af", "afib", "a-fib", "atrial fib"),
-    "atrial flutter": ("atrial flutter", "aflutter", "afl", "typical atrial flutter"),
-    "first degree AV block": (
-        "first degree av block",
-        "1st degree av block",
-        "1st degree avb",
-        "first-degree atrioventricular block",
-        "prolonged pr interval",
-        "1avb",
-    ),
-    "left bundle branch block": ("left bundle branch block", "lbbb", "left bundle-branch block", "clbbb"),
-    "right bundle branch block": ("right bundle branch block", "rbbb", "right bundle-branch block", "crbbb"),
-    "left ventricular hypertrophy": ("left ventricular hypertrophy", "lvh"),
-    "anterior myocardial infarction": (
-        "anterior myocardial infarction",
-        "anterior infarct",
-        "anterior infarction",
-        "anterior mi",
-        "anteroseptal infarct",
-        "anteroseptal myocardial infarction",
-        "anterior stemi",
-        "anterior st elevation myocardial infarction",
-        "acute anterior infarct",
-        "prior anterior mi",
-    ),
-    "inferior myocardial infarction": (
-        "inferior myocardial infarction",
-        "inferior infarct",
-        "inferior infarction",
-        "inferior mi",
-        "imi",
-        "inferior stemi",
-        "inferior st elevation myocardial infarction",
-        "acute inferior infarct",
-        "prior inferior infarction",
-    ),
-    "low QRS voltage": ("low qrs voltage", "low voltage qrs", "low voltage", "low qrs voltages"),
-    "premature ventricular complexes": (
-        "premature ventricular complexes",
-        "premature ventricular complex",
-        "premature ventricular contractions",
-        "pvc",
-        "pvcs",
-        "ventricular premature beats",
-        "ventricular ectopy",
-    ),
-    "prolonged QT": ("prolonged qt", "long qt", "qt prolongation", "prolonged qtc", "qtc prolongation"),
-    "left axis deviation": ("left axis deviation", "leftward axis", "left axis"),
-    "right axis deviation": ("right axis deviation", "rightward axis", "right axis"),
-}
-"""Condition -> lower-case phrases that mention it in a report (matched on word boundaries)."""
-
-NEGATION_CUES: tuple[str, ...] = ("no ", "without ", "negative for ")
-"""A report sentence starting with one of these denies, rather than states, what it names."""
+from ..knowledge.entities import CONDITION_SYNONYMS, NEGATION_CUES
+from .ecg import RHYTHMS, SYNTHETIC_CONDITIONS
 
 _POSITIVE: dict[str, tuple[str, ...]] = {
     "normal ECG": (

@@ -1,7 +1,7 @@
 """Building a pretraining run (model, processor, datasets, collator) from an experiment file.
 
 An experiment YAML (see ``scripts/configs/``) has ``model``, ``data`` and ``training`` sections; ``model.type``
-picks the objective. Every objective plugs into the one :class:`~cardiomm.training.Trainer`.
+picks the objective. Every objective plugs into the one :class:`~cardiomm.training.TrainingLoop`.
 
 ``model`` for ``ecg_text_dual_encoder`` (MERL, and the EHR paper's ECG-Text)::
 
@@ -15,8 +15,8 @@ picks the objective. Every objective plugs into the one :class:`~cardiomm.traini
 
 ``data``::
 
-    path: outputs/synthetic             # a cardiomm dataset folder; or
-    synthetic: {n_patients: 300, seed: 0}   # build the synthetic cohort into ``path`` first
+    path: outputs/synthetic             # a cardiomm dataset folder; and optionally
+    synthetic: {n_patients: 300, seed: 0}   # write the synthetic cohort into ``path`` first (when it has none)
     train_split: train
     eval_split: validation
     text_column: report
@@ -27,6 +27,11 @@ picks the objective. Every objective plugs into the one :class:`~cardiomm.traini
 ``model.type`` ``ecg_sehr_dual_encoder``, ``sehr_ecg_text`` and ``sehr_bert`` (the structured-EHR models of the
 EHR paper) are described in :func:`build_ecg_sehr_run`, :func:`build_sehr_ecg_text_run` and
 :func:`build_sehr_bert_run`.
+
+The ``data`` section becomes a loaded dataset in one place,
+:func:`~cardiomm.training.experiment_data.load_experiment_data` (which writes the synthetic cohort first when
+``data.synthetic`` asks for it); each ``build_*_run(experiment, experiment_data)`` builds its run from that
+:class:`~cardiomm.training.experiment_data.ExperimentData`, and :func:`build_run` wires the two.
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..data.collators import ECGTextCollator
-from ..data.ecg_dataset import ECGDatasetInfo, METADATA_FILE, load_ecg_dataset
+from ..data.ecg_dataset import ECGDatasetInfo
 from .config import ExperimentConfig, check_keys, config_class_parameters
+from .experiment_data import ExperimentData, check_synthetic_section, load_experiment_data
 
 OFFLINE_MINILM = "offline-minilm"
 
@@ -72,22 +77,9 @@ class PretrainingRun:
     processor: Any = None
 
 
-def prepare_dataset(data: dict[str, Any]) -> tuple[Any, ECGDatasetInfo]:
-    """Load the dataset folder of a ``data`` section, generating the synthetic cohort there first if asked."""
-    if "path" not in data:
-        raise ValueError("the 'data' section needs 'path' (a cardiomm dataset folder)")
-    path = Path(data["path"])
-    if "synthetic" in data and not (path / METADATA_FILE).is_file():
-        from ..data.synthetic import synthesize
-
-        synth = dict(data["synthetic"])
-        synth.setdefault("write_wfdb_files", False)
-        synthesize(out_dir=path, **synth)
-    return load_ecg_dataset(path)
-
-
-def build_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
-    """Build an ECG–text dual encoder run (MERL / ECG-Text) from an experiment config."""
+def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build an ECG–text dual encoder run (MERL / ECG-Text) from an experiment config and its loaded dataset
+    (:func:`~cardiomm.training.experiment_data.load_experiment_data` of ``experiment.data``)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
@@ -98,7 +90,7 @@ def build_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
     spec = dict(experiment.model)
     spec.pop("type", None)
     data = dict(experiment.data)
-    dataset, info = prepare_dataset(data)
+    dataset, info = experiment_data.dataset, experiment_data.info
 
     init_from = spec.pop("init_from", None)
     ecg_spec = dict(spec.pop("ecg", {"backbone": "resnet1d_18"}))
@@ -123,10 +115,8 @@ def build_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
     max_text_length = int(data.get("max_text_length", 256))
     processor = ECGTextProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer,
                                  max_text_length=max_text_length)
-    collator = ECGTextCollator(
-        feature_extractor, sampling_rate=info.sampling_rate, lead_names=info.lead_names, crop="random",
-        tokenizer=tokenizer, text_column=data.get("text_column", "report"), max_text_length=max_text_length,
-    )
+    collator = ECGTextCollator(processor, sampling_rate=info.sampling_rate, lead_names=info.lead_names, crop="random",
+                               text_column=data.get("text_column", "report"))
     columns = ["ecg", "lead_mask", collator.text_column]
     train = dataset[data.get("train_split", "train")].select_columns(columns).with_format("numpy")
     eval_split = data.get("eval_split", "validation")
@@ -135,31 +125,8 @@ def build_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
 
 
 # ------------------------------------------------------------------------------ structured EHR (Lalam et al.)
-def prepare_paired_dataset(data: dict[str, Any]) -> tuple[Any, ECGDatasetInfo]:
-    """Like :func:`prepare_dataset`, but a synthetic cohort is written together with its full event and notes
-    tables (:func:`~cardiomm.data.pairing.save_pairing_tables`), so that ECG–sEHR / ECG–text pairs see the events
-    and notes *after* each ECG. ``data.synthetic`` takes :func:`~cardiomm.data.synthetic.generate_cohort`
-    arguments (``n_patients``, ``seed``, ``ecgs_per_patient``, ...) and optionally ``fractions`` (patient-level
-    split fractions)."""
-    if "path" not in data:
-        raise ValueError("the 'data' section needs 'path' (a cardiomm dataset folder)")
-    path = Path(data["path"])
-    if "synthetic" in data and not (path / METADATA_FILE).is_file():
-        from ..data.pairing import save_pairing_tables
-        from ..data.synthetic import generate_cohort, save_synthetic_dataset
-
-        synth = dict(data["synthetic"])
-        fractions = synth.pop("fractions", None)
-        for key in ("write_wfdb_files", "include_ehr"):
-            synth.pop(key, None)
-        synth.setdefault("progress", False)
-        cohort = generate_cohort(**synth)
-        save_synthetic_dataset(cohort, path, fractions=fractions)
-        save_pairing_tables(cohort, path)
-    return load_ecg_dataset(path)
-
-
-def _code_tokenizer_and_ehr_tower(ehr_spec: dict[str, Any], data: dict[str, Any], dataset: Any) -> tuple[Any, Any]:
+def _code_tokenizer_and_ehr_tower(ehr_spec: dict[str, Any], data: dict[str, Any],
+                                  experiment_data: ExperimentData) -> tuple[Any, Any]:
     """``(MedicalCodeTokenizer, sEHR tower source)``: a pretrained sEHR-BERT folder with its tokenizer
     (``ehr: {pretrained: path}``), or a vocabulary built from the *training* patients' timelines (codes of at least
     ``data.min_code_patients`` patients, 50 in the paper) and an ``SEHRBertConfig`` of the ``ehr`` fields."""
@@ -172,7 +139,8 @@ def _code_tokenizer_and_ehr_tower(ehr_spec: dict[str, Any], data: dict[str, Any]
     pretrained = ehr_spec.pop("pretrained", None)
     if pretrained:
         return MedicalCodeTokenizer.from_pretrained(pretrained), str(pretrained)
-    timelines = pairing_timelines(data["path"])
+    dataset = experiment_data.dataset
+    timelines = pairing_timelines(dataset, experiment_data.events)
     train_patients = set(dataset[data.get("train_split", "train")]["patient_id"])
     tokenizer = build_medical_code_tokenizer(
         {pid: events for pid, events in timelines.items() if pid in train_patients},
@@ -204,62 +172,68 @@ def _ecg_feature_extractor(data: dict[str, Any], info: ECGDatasetInfo) -> Any:
     )
 
 
-def build_ecg_sehr_run(experiment: ExperimentConfig) -> PretrainingRun:
-    """Build an ECG–sEHR dual encoder run (the ECG-sEHR model of Lalam et al.).
+def build_ecg_sehr_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build an ECG–sEHR dual encoder run (the ECG-sEHR model of Lalam et al.) on a loaded dataset (events after each
+    ECG come from its event table when it has one).
 
     ``model``: ``type: ecg_sehr_dual_encoder``, ``ecg`` (``ECGEncoderConfig`` fields or ``{pretrained: ...}``),
     ``ehr`` (``SEHRBertConfig`` fields for a random sEHR-BERT, or ``{pretrained: folder}`` of an sEHR-BERT MLM run,
     whose tokenizer is used), other ``ECGSEHRDualEncoderConfig`` fields. ``data``: ``path`` / ``synthetic`` (see
-    :func:`prepare_paired_dataset`), ``ehr_window_days`` (365), ``max_codes`` (510), ``min_code_patients`` (50),
-    ``sampling_rate``, ``crop_length``, ``normalization``, ``train_split``, ``eval_split``. The checkpoint holds
-    the feature extractor and the code tokenizer.
+    :mod:`~cardiomm.training.experiment_data`), ``ehr_window_days`` (365), ``max_codes`` (510),
+    ``min_code_patients`` (50), ``sampling_rate``, ``crop_length``, ``normalization``, ``train_split``,
+    ``eval_split``. The checkpoint holds the processor (feature extractor and code tokenizer) the collator used.
     """
-    from ..data.pairing import ECGSEHRCollator, build_ecg_sehr_pairs
+    from ..data.collators import ECGSEHRCollator
+    from ..data.pairing import build_ecg_sehr_pairs
+    from ..processing.processing_ecg_sehr import ECGSEHRProcessor
     from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
     from ..modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
 
     spec = dict(experiment.model)
     spec.pop("type", None)
     data = dict(experiment.data)
-    dataset, info = prepare_paired_dataset(data)
+    dataset, info = experiment_data.dataset, experiment_data.info
     ecg_spec = dict(spec.pop("ecg", {"backbone": "resnet1d_8"}))
     ecg_source: Any = ecg_spec.pop("pretrained", None) or ECGEncoderConfig(**ecg_spec)
-    code_tokenizer, ehr_source = _code_tokenizer_and_ehr_tower(spec.pop("ehr", {}), data, dataset)
+    code_tokenizer, ehr_source = _code_tokenizer_and_ehr_tower(spec.pop("ehr", {}), data, experiment_data)
     model = ECGSEHRDualEncoder.from_ecg_ehr_pretrained(ecg_source, ehr_source, **spec)
 
     max_codes = int(data.get("max_codes", 510))
-    pairs = build_ecg_sehr_pairs(data["path"], window_days=float(data.get("ehr_window_days", 365)),
-                                 max_codes=max_codes)
+    pairs = build_ecg_sehr_pairs(dataset, events=experiment_data.events,
+                                 window_days=float(data.get("ehr_window_days", 365)), max_codes=max_codes)
     feature_extractor = _ecg_feature_extractor(data, info)
-    collator = ECGSEHRCollator(feature_extractor, sampling_rate=info.sampling_rate, lead_names=info.lead_names,
-                               crop="random", code_tokenizer=code_tokenizer, max_codes_length=max_codes + 2)
+    processor = ECGSEHRProcessor(feature_extractor, code_tokenizer, max_codes_length=max_codes + 2)
+    collator = ECGSEHRCollator(processor, sampling_rate=info.sampling_rate, lead_names=info.lead_names, crop="random")
     train, evaluation = _paired_splits(pairs, data, ["ecg", "lead_mask", "acquisition_time", "sehr_events"])
-    return PretrainingRun(model, feature_extractor, code_tokenizer, train, evaluation, collator, info)
+    return PretrainingRun(model, feature_extractor, code_tokenizer, train, evaluation, collator, info, processor)
 
 
-def build_sehr_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
-    """Build a sEHR–ECG–Text tri-modal run (Lalam et al., Section 3.2) on (sEHR, ECG, text) triplets.
+def build_sehr_ecg_text_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build a sEHR–ECG–Text tri-modal run (Lalam et al., Section 3.2) on the (sEHR, ECG, text) triplets of a loaded
+    dataset (events and notes from its tables when it has them).
 
     ``model``: ``type: sehr_ecg_text``, ``ecg`` and ``ehr`` as for :func:`build_ecg_sehr_run`; ``text`` /
     ``text_config`` / ``tokenizer`` as for :func:`build_ecg_text_run`; other ``SEHRECGTextConfig`` fields.
     ``data``: as for :func:`build_ecg_sehr_run`, plus ``text_pairing`` (``entity`` (default) or ``report``),
     ``text_window_days`` (365 for entity, 30 for report concatenation) and ``max_text_length`` (400: the text
-    budget is ``max_text_length - 2`` tokens of the text tokenizer). The checkpoint holds the feature extractor
-    and the text tokenizer, and the code tokenizer in ``sehr_tokenizer/``.
+    budget is ``max_text_length - 2`` tokens of the text tokenizer). The checkpoint holds the processor the
+    collator used: the feature extractor and the text tokenizer, and the code tokenizer in ``code_tokenizer/``.
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..data.pairing import SEHRECGTextCollator, SEHRECGTextPreprocessing, build_sehr_ecg_text_triplets
+    from ..data.collators import SEHRECGTextCollator
+    from ..data.pairing import build_sehr_ecg_text_triplets
+    from ..processing.processing_sehr_ecg_text import SEHRECGTextProcessor
     from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
     from ..modeling.modeling_sehr_ecg_text import SEHRECGTextModel
 
     spec = dict(experiment.model)
     spec.pop("type", None)
     data = dict(experiment.data)
-    dataset, info = prepare_paired_dataset(data)
+    dataset, info = experiment_data.dataset, experiment_data.info
     ecg_spec = dict(spec.pop("ecg", {"backbone": "resnet1d_8"}))
     ecg_source: Any = ecg_spec.pop("pretrained", None) or ECGEncoderConfig(**ecg_spec)
-    code_tokenizer, ehr_source = _code_tokenizer_and_ehr_tower(spec.pop("ehr", {}), data, dataset)
+    code_tokenizer, ehr_source = _code_tokenizer_and_ehr_tower(spec.pop("ehr", {}), data, experiment_data)
     text_name = resolve_text_model_path(str(spec.pop("text", "UFNLP/gatortron-base")))
     text_config = spec.pop("text_config", None)
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_model_path(str(spec.pop("tokenizer", text_name))))
@@ -269,27 +243,25 @@ def build_sehr_ecg_text_run(experiment: ExperimentConfig) -> PretrainingRun:
     max_codes = int(data.get("max_codes", 510))
     max_text_length = int(data.get("max_text_length", 400))
     triplets = build_sehr_ecg_text_triplets(
-        data["path"], method=data.get("text_pairing", "entity"),
+        dataset, events=experiment_data.events, notes=experiment_data.notes, method=data.get("text_pairing", "entity"),
         ehr_window_days=float(data.get("ehr_window_days", 365)), text_window_days=data.get("text_window_days"),
         max_codes=max_codes, max_tokens=max_text_length - 2, count_tokens=lambda text: len(tokenizer.tokenize(text)),
     )
     feature_extractor = _ecg_feature_extractor(data, info)
-    collator = SEHRECGTextCollator(
-        feature_extractor, sampling_rate=info.sampling_rate, lead_names=info.lead_names, crop="random",
-        code_tokenizer=code_tokenizer, max_codes_length=max_codes + 2, tokenizer=tokenizer,
-        max_text_length=max_text_length,
-    )
+    processor = SEHRECGTextProcessor(feature_extractor, code_tokenizer, tokenizer, max_codes_length=max_codes + 2,
+                                     max_text_length=max_text_length)
+    collator = SEHRECGTextCollator(processor, sampling_rate=info.sampling_rate, lead_names=info.lead_names,
+                                   crop="random")
     train, evaluation = _paired_splits(triplets, data, ["ecg", "lead_mask", "acquisition_time", "sehr_events", "text"])
-    processor = SEHRECGTextPreprocessing(feature_extractor, code_tokenizer, tokenizer)
     return PretrainingRun(model, feature_extractor, tokenizer, train, evaluation, collator, info, processor)
 
 
-def build_sehr_bert_run(experiment: ExperimentConfig) -> PretrainingRun:
-    """Build an sEHR-BERT masked-language-modelling run (Lalam et al., Section 3.1).
+def build_sehr_bert_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build an sEHR-BERT masked-language-modelling run (Lalam et al., Section 3.1) on a loaded dataset.
 
     ``model``: ``type: sehr_bert``, ``pretrained`` (optional: a saved sEHR-BERT MLM folder to continue from,
     with its tokenizer) and ``SEHRBertConfig`` fields (``num_hidden_layers``, ``hidden_size``,
-    ``sparse_prediction``, ...). ``data``: ``path`` / ``synthetic`` (see :func:`prepare_paired_dataset`),
+    ``sparse_prediction``, ...). ``data``: ``path`` / ``synthetic`` (see :mod:`~cardiomm.training.experiment_data`),
     ``min_code_patients`` (50), ``max_length`` (512 codes with ``[CLS]``/``[SEP]``), ``mlm_probability`` (0.15),
     ``window_seed`` (the random window of each patient), ``train_split``, ``eval_split``. One example per patient:
     a random run of consecutive codes of the patient's timeline (the full event table when the folder has one),
@@ -307,10 +279,10 @@ def build_sehr_bert_run(experiment: ExperimentConfig) -> PretrainingRun:
     spec = dict(experiment.model)
     spec.pop("type", None)
     data = dict(experiment.data)
-    dataset, info = prepare_paired_dataset(data)
+    dataset, info = experiment_data.dataset, experiment_data.info
     train_split, eval_split = data.get("train_split", "train"), data.get("eval_split", "validation")
     max_length = int(data.get("max_length", 512))
-    timelines = pairing_timelines(data["path"])
+    timelines = pairing_timelines(dataset, experiment_data.events)
     split_timelines = {
         name: {pid: timelines[pid] for pid in dict.fromkeys(dataset[name]["patient_id"]) if pid in timelines}
         for name in (train_split, eval_split) if name in dataset
@@ -343,11 +315,20 @@ OBJECTIVES = {
 }
 
 
+PAIRED_OBJECTIVES = ("ecg_sehr_dual_encoder", "sehr_ecg_text", "sehr_bert")
+"""The structured-EHR objectives: they pair each ECG with the events (and notes) around it, so their dataset is
+loaded with its event and notes tables (``paired`` of
+:func:`~cardiomm.training.experiment_data.load_experiment_data`)."""
+
+
 def build_run(experiment: ExperimentConfig) -> PretrainingRun:
-    """Check the experiment's ``model`` and ``data`` sections (:func:`check_experiment`), then dispatch on
-    ``model.type`` to the objective's builder."""
+    """Check the experiment's ``model`` and ``data`` sections (:func:`check_experiment`), load its dataset
+    (:func:`~cardiomm.training.experiment_data.load_experiment_data`, writing the synthetic cohort first when
+    ``data.synthetic`` asks for it), then build the run with the builder of ``model.type``."""
     check_experiment(experiment)
-    return OBJECTIVES[experiment.model["type"]](experiment)
+    kind = experiment.model["type"]
+    experiment_data = load_experiment_data(experiment.data, paired=kind in PAIRED_OBJECTIVES)
+    return OBJECTIVES[kind](experiment, experiment_data)
 
 
 # ------------------------------------------------------------------------------ experiment file keys
@@ -358,8 +339,6 @@ ECG_SEHR_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "samplin
 SEHR_ECG_TEXT_DATA_KEYS = ECG_SEHR_DATA_KEYS + ("text_pairing", "text_window_days", "max_text_length")
 SEHR_BERT_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "max_length", "min_code_patients",
                        "mlm_probability", "window_seed")
-PAIRED_SYNTHETIC_EXTRA_KEYS = ("fractions", "write_wfdb_files", "include_ehr")
-"""Keys of ``data.synthetic`` for the structured-EHR objectives besides :func:`generate_cohort`'s arguments."""
 
 
 def check_experiment(experiment: ExperimentConfig) -> None:
@@ -475,19 +454,5 @@ def _data_checks(data: dict[str, Any], keys: tuple[str, ...], source: str, paire
     """The checks of the ``data`` section and of its ``synthetic`` cohort arguments."""
     return [
         lambda: check_keys(data, keys, source, "data", owner=f"the {objective} objective"),
-        lambda: _check_synthetic(data.get("synthetic"), source, paired),
+        lambda: check_synthetic_section(data.get("synthetic"), source, paired),
     ]
-
-
-def _check_synthetic(value: Any, source: str, paired: bool) -> None:
-    import inspect
-
-    from ..data.synthetic import generate_cohort, synthesize
-
-    synthetic = _section(value, source, "data.synthetic")
-    if paired:
-        accepted = set(inspect.signature(generate_cohort).parameters) | set(PAIRED_SYNTHETIC_EXTRA_KEYS)
-    else:
-        accepted = set(inspect.signature(synthesize).parameters) - {"out_dir"}
-    owner = "cardiomm.data.synthetic.generate_cohort" if paired else "cardiomm.data.synthetic.synthesize"
-    check_keys(synthetic, accepted, source, "data.synthetic", owner=owner)
