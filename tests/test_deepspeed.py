@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_training import PairedDataset, ToyClipModel, make_model  # noqa: E402
 
-from cardiomm.training import Trainer, TrainingConfig  # noqa: E402
+from cardiomm.training import TrainingConfig, TrainingLoop  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,14 +73,14 @@ def _losses(out: Path) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(handle)]
 
 
-def _trainer(model: torch.nn.Module, config: TrainingConfig, **kwargs) -> Trainer:
-    return Trainer(model, config, PairedDataset(96), eval_dataset=PairedDataset(32, seed=5), **kwargs)
+def _loop(model: torch.nn.Module, config: TrainingConfig, **kwargs) -> TrainingLoop:
+    return TrainingLoop(model, config, PairedDataset(96), eval_dataset=PairedDataset(32, seed=5), **kwargs)
 
 
 def _plain_run(out: Path, batch_size: int = 16, dropout: float = 0.1) -> dict[str, torch.Tensor]:
     """The same training without DeepSpeed, in this process."""
     model = _model(dropout)
-    _trainer(model, _config(out, batch_size)).train()
+    _loop(model, _config(out, batch_size)).train()
     return model.state_dict()
 
 
@@ -167,7 +167,7 @@ def _skip_shared_memory_kernel_build() -> None:
 if __name__ == "__main__":
     _skip_shared_memory_kernel_build()
     if sys.argv[1] == "launch":  # DeepSpeed configured by `accelerate launch`
-        _trainer(_model(dropout=0.0), _config(Path(sys.argv[2]), batch_size=8)).train()
+        _loop(_model(dropout=0.0), _config(Path(sys.argv[2]), batch_size=8)).train()
     else:
         from accelerate.utils import DeepSpeedPlugin
 
@@ -175,4 +175,4 @@ if __name__ == "__main__":
         plugin = DeepSpeedPlugin(zero_stage=stage, zero3_save_16bit_model=True)
         config = _config(output_dir)
         config.resume_from = sys.argv[3] if len(sys.argv) > 3 else None
-        _trainer(_model(), config, deepspeed_plugin=plugin).train()
+        _loop(_model(), config, deepspeed_plugin=plugin).train()

@@ -22,11 +22,11 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from cardiomm.modeling.contrastive_losses import clip_loss, unimodal_alignment_loss
+from cardiomm.modeling.contrastive_losses import embedding_clip_loss, unimodal_alignment_loss
 from cardiomm.training import (
     PlateauScheduleWithWarmup,
-    Trainer,
     TrainingConfig,
+    TrainingLoop,
     completed_checkpoints,
     decay_parameter_names,
     load_config,
@@ -100,7 +100,7 @@ class ToyClipModel(PreTrainedModel):
         if self.config.objective == "regression":
             regression = ((self.regression_head(ecg_embeds) - target) ** 2).mean()
             return ToyClipOutput(loss=regression, regression_loss=regression, ecg_embeds=ecg_embeds)
-        contrastive = clip_loss(ecg_embeds, self.text_tower(text), self.logit_scale.exp())
+        contrastive = embedding_clip_loss(ecg_embeds, self.text_tower(text), self.logit_scale.exp())
         uma = unimodal_alignment_loss(
             ecg_embeds, dropout_p=self.config.uma_dropout, temperature=0.1, training=self.training
         )
@@ -176,13 +176,13 @@ def clip_run(tmp_path_factory):
         data={"n_train": 256},
     )
     model = make_model()
-    trainer = Trainer(
+    loop = TrainingLoop(
         model, experiment, PairedDataset(256), eval_dataset=PairedDataset(64, seed=9),
         eval_fn=lambda m, acc: {"custom": 1.5},
         on_save=lambda d: (saved_to.append(d), (d / "extra.txt").write_text("x")),
     )
-    result = trainer.train()
-    return {"out": out, "result": result, "trainer": trainer, "experiment": experiment, "saved_to": saved_to}
+    result = loop.train()
+    return {"out": out, "result": result, "loop": loop, "experiment": experiment, "saved_to": saved_to}
 
 
 def test_loss_falls(clip_run) -> None:
@@ -219,7 +219,7 @@ def test_config_version_and_final_model_written(clip_run) -> None:
     info = json.loads((out / "run_info.json").read_text())
     assert info["cardiomm_version"] == cardiomm.__version__ and info["num_processes"] == 1
     model = ToyClipModel.from_pretrained(out)
-    trained = clip_run["trainer"].accelerator.unwrap_model(clip_run["trainer"].model)
+    trained = clip_run["loop"].accelerator.unwrap_model(clip_run["loop"].model)
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
     assert clip_run["saved_to"] == [out] and (out / "extra.txt").exists()
@@ -235,7 +235,7 @@ def test_checkpoint_rotation_keeps_last(clip_run) -> None:
     files = sorted(p.name for p in (clip_run["out"] / "checkpoints" / "step_000030").iterdir())
     assert files == ["model.safetensors", "optimizer.safetensors", "trainer_state.json"]
     assert sorted(state["files"]) == ["model.safetensors", "optimizer.safetensors"]
-    assert verify_checkpoint(clip_run["out"] / "checkpoints" / "step_000030")["global_step"] == 30
+    assert verify_checkpoint(clip_run["out"] / "checkpoints" / "step_000030").document["global_step"] == 30
 
 
 class AugmentedPairs(PairedDataset):
@@ -258,7 +258,7 @@ def test_random_augmentation_does_not_depend_on_the_number_of_workers(tmp_path) 
     results = []
     for workers in (0, 2):
         model = make_model()
-        Trainer(model, _config(tmp_path / f"w{workers}", num_workers=workers), AugmentedPairs(64),
+        TrainingLoop(model, _config(tmp_path / f"w{workers}", num_workers=workers), AugmentedPairs(64),
                 collate_fn=jitter_collate).train()
         results.append(_weights(model))
     for key in results[0]:
@@ -266,12 +266,12 @@ def test_random_augmentation_does_not_depend_on_the_number_of_workers(tmp_path) 
 
 
 def test_resume_skips_leftovers_of_a_run_killed_while_saving(tmp_path) -> None:
-    first = Trainer(make_model(), _config(tmp_path, num_epochs=1, save_every_steps=1), PairedDataset(32))
+    first = TrainingLoop(make_model(), _config(tmp_path, num_epochs=1, save_every_steps=1), PairedDataset(32))
     first.train()
     partial = tmp_path / "checkpoints" / ".step_000003.partial"  # a save cut short: never renamed to step_000003
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"\0" * 10)
-    resumed = Trainer(make_model(), _config(tmp_path, num_epochs=2, save_every_steps=1, resume_from="latest"),
+    resumed = TrainingLoop(make_model(), _config(tmp_path, num_epochs=2, save_every_steps=1, resume_from="latest"),
                       PairedDataset(32))
     result = resumed.train()
     assert result.resumed_from == tmp_path / "checkpoints" / "step_000002" and result.global_step == 4
@@ -286,7 +286,7 @@ def test_gradient_accumulation_equals_large_batch(tmp_path) -> None:
         model = make_model(dropout=0.0, objective="regression")
         start = _weights(model)
         config = _config(tmp_path / f"b{batch}", per_device_batch_size=batch, gradient_accumulation_steps=accumulation)
-        result = Trainer(model, config, data).train()
+        result = TrainingLoop(model, config, data).train()
         assert result.global_step == 8
         results[batch] = _weights(model)
     assert any(not torch.equal(start[k], results[32][k]) for k in start)
@@ -297,15 +297,15 @@ def test_gradient_accumulation_equals_large_batch(tmp_path) -> None:
 def test_gradient_clipping_bounds_the_norm(tmp_path) -> None:
     max_norm = 0.05
     model = make_model()
-    trainer = Trainer(model, _config(tmp_path, max_grad_norm=max_norm, num_epochs=1), PairedDataset(96))
+    loop = TrainingLoop(model, _config(tmp_path, max_grad_norm=max_norm, num_epochs=1), PairedDataset(96))
     norms = []
 
     def record(optimizer, args, kwargs):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
 
-    trainer.optimizer.optimizer.register_step_pre_hook(record)
-    trainer.train()
+    loop.optimizer.optimizer.register_step_pre_hook(record)
+    loop.train()
     assert len(norms) == 6
     assert max(norms) <= max_norm * (1 + 1e-5)
     logged = [float(r["grad_norm"]) for r in _rows(tmp_path / "metrics.csv")]
@@ -321,8 +321,8 @@ def _resume_config(out: Path, schedule: str, **overrides) -> TrainingConfig:
     )
 
 
-def _resume_trainer(out: Path, schedule: str, resume_from: str | None = None, on_step_end=None) -> Trainer:
-    return Trainer(
+def _resume_loop(out: Path, schedule: str, resume_from: str | None = None, on_step_end=None) -> TrainingLoop:
+    return TrainingLoop(
         make_model(), _resume_config(out, schedule, resume_from=resume_from), PairedDataset(96),
         eval_dataset=PairedDataset(32, seed=5), eval_fn=lambda model, accelerator: {"score": 1.0},
         on_step_end=on_step_end,
@@ -333,7 +333,7 @@ def _resume_trainer(out: Path, schedule: str, resume_from: str | None = None, on
 def test_killed_run_resumes_to_identical_weights(tmp_path, schedule: str) -> None:
     """A run killed (``os._exit``) after step 9, resumed from its step-8 checkpoint (mid-epoch 2, 4 batches in),
     ends with exactly the weights of an uninterrupted run. Dropout makes the RNG restore matter."""
-    reference = _resume_trainer(tmp_path / "reference", schedule)
+    reference = _resume_loop(tmp_path / "reference", schedule)
     reference_result = reference.train()
     expected = _weights(reference.accelerator.unwrap_model(reference.model))
 
@@ -346,7 +346,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, schedule: str) -> Non
     assert [p.name for p in completed_checkpoints(out / "checkpoints")] == ["step_000004", "step_000008"]
     assert max(int(r["step"]) for r in _rows(out / "metrics.csv")) == 9
 
-    resumed = _resume_trainer(out, schedule, resume_from="latest")
+    resumed = _resume_loop(out, schedule, resume_from="latest")
     result = resumed.train()
     assert result.global_step == reference_result.global_step == 18
     weights = _weights(resumed.accelerator.unwrap_model(resumed.model))
@@ -386,7 +386,7 @@ def test_two_process_ddp_matches_one_process_on_the_concatenated_batch(tmp_path)
     assert info["num_processes"] == 2 and info["distributed_type"] == "MULTI_CPU"
 
     model = make_model(dropout=0.0, uma_dropout=0.0)
-    Trainer(model, _ddp_config(tmp_path / "single", 16), PairedDataset(96)).train()
+    TrainingLoop(model, _ddp_config(tmp_path / "single", 16), PairedDataset(96)).train()
     distributed = ToyClipModel.from_pretrained(out)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(distributed.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
@@ -407,38 +407,41 @@ def test_trains_on_a_formatted_datasets_dataset(tmp_path) -> None:
     table = datasets.Dataset.from_dict(
         {"ecg": source.ecg.numpy(), "text": source.text.numpy(), "target": source.target.numpy()}
     ).with_format("torch")
-    result = Trainer(make_model(), _config(tmp_path, num_epochs=1), table).train()
+    result = TrainingLoop(make_model(), _config(tmp_path, num_epochs=1), table).train()
     assert result.global_step == 4 and math.isfinite(result.final_loss)
 
 
 def test_runs_in_one_process_may_change_precision(tmp_path) -> None:
-    first = Trainer(make_model(), _config(tmp_path / "fp32", num_epochs=1, mixed_precision="no"), PairedDataset(32))
+    first = TrainingLoop(make_model(), _config(tmp_path / "fp32", num_epochs=1, mixed_precision="no"),
+                         PairedDataset(32))
     first.train()
-    second = Trainer(make_model(), _config(tmp_path / "bf16", num_epochs=1, mixed_precision="bf16"), PairedDataset(32))
+    second = TrainingLoop(make_model(), _config(tmp_path / "bf16", num_epochs=1, mixed_precision="bf16"),
+                          PairedDataset(32))
     assert second.accelerator.mixed_precision == "bf16"
     assert math.isfinite(second.train().final_loss)
 
 
 def test_resume_from_latest_without_checkpoint_starts_fresh(tmp_path) -> None:
-    result = Trainer(make_model(), _config(tmp_path, num_epochs=1, resume_from="latest"), PairedDataset(32)).train()
+    config = _config(tmp_path, num_epochs=1, resume_from="latest")
+    result = TrainingLoop(make_model(), config, PairedDataset(32)).train()
     assert result.global_step == 2
 
 
 def test_step_hook_stops_training(tmp_path) -> None:
-    trainer = Trainer(
+    loop = TrainingLoop(
         make_model(), _config(tmp_path, num_epochs=5), PairedDataset(64),
         on_step_end=lambda state: state.global_step == 3,
     )
-    assert trainer.train().global_step == 3
+    assert loop.train().global_step == 3
 
 
 def test_early_stopping_on_a_stalled_metric(tmp_path) -> None:
-    trainer = Trainer(
+    loop = TrainingLoop(
         make_model(), _config(tmp_path, num_epochs=20, early_stopping_patience=2, monitor_metric="eval_score",
                               monitor_mode="max"),
         PairedDataset(32), eval_fn=lambda m, acc: {"score": 1.0},
     )
-    result = trainer.train()
+    result = loop.train()
     assert result.stopped_early and result.global_step == 3 * 2  # best at epoch 1, no improvement at 2 and 3
 
 
@@ -504,7 +507,8 @@ if __name__ == "__main__":
             if state.global_step == kill_step:
                 os._exit(17)
 
-        _resume_trainer(output_dir, lr_schedule, on_step_end=kill).train()
+        _resume_loop(output_dir, lr_schedule, on_step_end=kill).train()
         sys.exit(1)  # not reached
     if sys.argv[1] == "ddp":  # ddp OUT, under torchrun
-        Trainer(make_model(dropout=0.0, uma_dropout=0.0), _ddp_config(Path(sys.argv[2]), 8), PairedDataset(96)).train()
+        model = make_model(dropout=0.0, uma_dropout=0.0)
+        TrainingLoop(model, _ddp_config(Path(sys.argv[2]), 8), PairedDataset(96)).train()

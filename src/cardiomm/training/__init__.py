@@ -2,15 +2,15 @@
 
 Usage::
 
-    from cardiomm.training import Trainer, TrainingConfig, load_config
+    from cardiomm.training import TrainingLoop, TrainingConfig, load_config
 
     experiment = load_config("configs/merl.yaml")          # {model, data, evaluation, training}
-    result = Trainer(model, experiment, train_set, collate_fn, eval_dataset=val_set).train()
+    result = TrainingLoop(model, experiment, train_set, collate_fn, eval_dataset=val_set).train()
 """
 
-from .checkpointing import completed_checkpoints, verify_checkpoint
+from .checkpointing import VerifiedCheckpoint, completed_checkpoints, resolve_resume_checkpoint, verify_checkpoint
 from .config import ExperimentConfig, TrainingConfig, load_config, save_config
-from .loop import Trainer, TrainerState, TrainResult
+from .loop import TrainingLoop, TrainingState, TrainResult
 from .sampling import EpochShuffleSampler
 from .optimization import PlateauScheduleWithWarmup, build_lr_scheduler, build_optimizer, decay_parameter_names
 
@@ -19,14 +19,16 @@ __all__ = [
     "ExperimentConfig",
     "PlateauScheduleWithWarmup",
     "TrainResult",
-    "Trainer",
-    "TrainerState",
     "TrainingConfig",
+    "TrainingLoop",
+    "TrainingState",
+    "VerifiedCheckpoint",
     "build_lr_scheduler",
     "build_optimizer",
     "completed_checkpoints",
     "decay_parameter_names",
     "load_config",
+    "resolve_resume_checkpoint",
     "save_config",
     "verify_checkpoint",
 ]

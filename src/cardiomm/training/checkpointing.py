@@ -15,7 +15,8 @@ read with ``torch.load(weights_only=True)`` enforced, which refuses arbitrary ob
 The folder is first written as ``checkpoints/.step_NNNNNN.partial`` and renamed when complete, so a run killed
 while saving never leaves a half-written checkpoint under a ``step_`` name; :func:`find_resumable_checkpoint`
 still checks every file against the sizes and hashes recorded in ``trainer_state.json`` and falls back to the
-newest checkpoint that verifies.
+newest checkpoint that verifies. Verifying hashes every file once; the :class:`VerifiedCheckpoint` it returns is
+what resuming loads, so the files are not hashed again.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINTS_FOLDER = "checkpoints"  # under a run's output_dir
 CHECKPOINT_PREFIX = "step_"
 TRAINER_STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
@@ -44,6 +47,22 @@ PARTIAL_SUFFIX = ".partial"
 
 class DamagedCheckpointError(ValueError):
     """A checkpoint folder that is incomplete, truncated, altered or not a cardiomm checkpoint."""
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    """A checkpoint folder whose files matched the sizes and SHA-256 recorded in its ``trainer_state.json``.
+
+    Returned by :func:`verify_checkpoint`, :func:`find_resumable_checkpoint` and
+    :func:`resolve_resume_checkpoint`; the training loop resumes from it without hashing the files again.
+
+    Attributes:
+        path: the checkpoint folder.
+        document: its parsed ``trainer_state.json``.
+    """
+
+    path: Path
+    document: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -158,11 +177,12 @@ def publish(partial: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
-    """Read ``trainer_state.json`` of ``folder`` and check every file it lists (size and SHA-256).
+def verify_checkpoint(folder: str | Path) -> VerifiedCheckpoint:
+    """Read ``trainer_state.json`` of ``folder`` and check every file it lists (size and SHA-256, each file read
+    once).
 
     Returns:
-        the parsed ``trainer_state.json``.
+        the folder with its parsed ``trainer_state.json``.
 
     Raises:
         DamagedCheckpointError: naming the file and what is wrong with it.
@@ -201,14 +221,14 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
             raise DamagedCheckpointError(f"{path}: content differs from what was written (SHA-256 mismatch)")
         if path.suffix == ".safetensors":
             _check_safetensors_header(path)
-    return document
+    return VerifiedCheckpoint(folder, document)
 
 
-def find_resumable_checkpoint(checkpoint_dir: Path, warn: bool = True) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint under ``checkpoint_dir`` that verifies, with its ``trainer_state.json``.
+def find_resumable_checkpoint(checkpoint_dir: Path, warn: bool = True) -> VerifiedCheckpoint | None:
+    """The newest checkpoint under ``checkpoint_dir`` that verifies.
 
-    Damaged checkpoints are skipped, with a warning naming them and the problem when ``warn``; ``None`` when there
-    is no checkpoint at all.
+    Damaged newer checkpoints are skipped, with a warning naming each and its problem when ``warn`` (given once an
+    intact one is found: when none is, the error alone names them all); ``None`` when there is no checkpoint at all.
 
     Raises:
         ValueError: when checkpoints exist but none verifies (each is named with its problem).
@@ -221,14 +241,42 @@ def find_resumable_checkpoint(checkpoint_dir: Path, warn: bool = True) -> tuple[
     problems = []
     for folder in candidates:
         try:
-            return folder, verify_checkpoint(folder)
+            checkpoint = verify_checkpoint(folder)
         except DamagedCheckpointError as err:
-            problems.append(str(err))
-            if warn:
-                logger.warning("skipping damaged checkpoint %s: %s", folder, err)
+            problems.append((folder, err))
+            continue
+        for damaged, err in problems if warn else ():
+            logger.warning("skipping damaged checkpoint %s: %s", damaged, err)
+        return checkpoint
     if problems:
-        raise ValueError(f"no usable checkpoint in {checkpoint_dir}: " + "; ".join(problems))
+        raise ValueError(f"no usable checkpoint in {checkpoint_dir}: " + "; ".join(str(err) for _, err in problems))
     return None
+
+
+def resolve_resume_checkpoint(
+    resume_from: str | os.PathLike | None, checkpoint_dir: Path
+) -> VerifiedCheckpoint | None:
+    """The verified checkpoint that a ``resume_from`` setting names.
+
+    ``"latest"``: the newest checkpoint under ``checkpoint_dir`` that verifies (damaged newer ones skipped with a
+    warning), ``None`` when there is none yet; a folder: that checkpoint, verified; ``None`` or ``""``: ``None``.
+
+    Raises:
+        FileNotFoundError: when the named folder does not exist.
+        ValueError: (:class:`DamagedCheckpointError`) when the named checkpoint, or every checkpoint found for
+            ``"latest"``, is damaged, naming the file and the problem.
+    """
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = find_resumable_checkpoint(checkpoint_dir)
+        if found is None:
+            logger.info("resume_from='latest': no checkpoint in %s, starting from scratch", checkpoint_dir)
+        return found
+    path = Path(resume_from)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint folder")
+    return verify_checkpoint(path)
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

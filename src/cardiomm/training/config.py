@@ -2,7 +2,7 @@
 
 An experiment file has the layout::
 
-    model:      {...}   # opaque to the trainer: read by the command that builds the model
+    model:      {...}   # opaque to the training loop: read by the command that builds the model
     data:       {...}   # opaque: read by the command that builds the datasets
     evaluation: {...}   # optional, opaque
     training:           # TrainingConfig fields
@@ -36,7 +36,7 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 @dataclass
 class TrainingConfig:
-    """Hyper-parameters of :class:`~cardiomm.training.Trainer` (one optimisation recipe for every objective).
+    """Hyper-parameters of :class:`~cardiomm.training.TrainingLoop` (one optimisation recipe for every objective).
 
     Steps are optimiser steps (one step = ``gradient_accumulation_steps`` micro-batches on every process).
     ``warmup_steps`` wins over ``warmup_ratio``; ``max_steps`` wins over ``num_epochs``. ``lr_schedule: plateau``

@@ -2,7 +2,7 @@
 
 The same code runs on one CPU, one GPU, many GPUs (DDP) and DeepSpeed ZeRO-2/3: the distributed setup comes from
 ``accelerate launch`` (see ``scripts/README.md``) or from a :class:`accelerate.utils.DeepSpeedPlugin` passed to
-:class:`Trainer`.
+:class:`TrainingLoop`.
 
 Output folder::
 
@@ -26,7 +26,9 @@ schedule and the position in the data, then skips the batches already consumed i
 else carries randomness from one step to the next, a run stopped at any point, even killed mid-epoch, and resumed
 from its last checkpoint ends with exactly the weights of the uninterrupted run. ``latest`` takes the newest
 checkpoint that verifies (damaged ones are skipped with a warning); a damaged checkpoint named explicitly, or no
-intact checkpoint at all, is a ``ValueError`` naming the file and the problem.
+intact checkpoint at all, is a ``ValueError`` naming the file and the problem. A caller that has already verified
+the checkpoint (:func:`~cardiomm.training.checkpointing.resolve_resume_checkpoint`) passes it as
+``resume_checkpoint`` and its files are not hashed a second time.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,21 +64,22 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from .checkpointing import (
     CHECKPOINT_PREFIX,
+    CHECKPOINTS_FOLDER,
     MODEL_FILE,
     OPTIMIZER_FILE,
     TRAINER_STATE_FILE,
     DamagedCheckpointError,
+    VerifiedCheckpoint,
     checkpoint_name,
     completed_checkpoints,
     deepspeed_state_classes,
-    find_resumable_checkpoint,
     partial_folder,
     publish,
     read_tensors,
     remove_partial_checkpoints,
+    resolve_resume_checkpoint,
     state_from_json,
     state_to_json,
-    verify_checkpoint,
     weights_only_torch_load,
     write_trainer_state,
 )
@@ -98,8 +101,8 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "TRAINER_STATE_FILE",
     "EpochShuffleSampler",
-    "Trainer",
-    "TrainerState",
+    "TrainingLoop",
+    "TrainingState",
     "TrainResult",
     "completed_checkpoints",
     "epoch_seed",
@@ -107,7 +110,7 @@ __all__ = [
 
 
 @dataclass
-class TrainerState:
+class TrainingState:
     """Where training stands; saved in every checkpoint as ``trainer_state.json``.
 
     ``batches_in_epoch`` counts the micro-batches of epoch ``epoch`` already consumed on each process.
@@ -125,7 +128,7 @@ class TrainerState:
 
 @dataclass
 class TrainResult:
-    """What :meth:`Trainer.train` returns."""
+    """What :meth:`TrainingLoop.train` returns."""
 
     global_step: int
     final_loss: float
@@ -136,11 +139,11 @@ class TrainResult:
 
 
 OutputHook = Callable[[Path], None]
-StepHook = Callable[[TrainerState], "bool | None"]
+StepHook = Callable[[TrainingState], "bool | None"]
 EvalFunction = Callable[[torch.nn.Module, Accelerator], Mapping[str, float]]
 
 
-class Trainer:
+class TrainingLoop:
     """One Accelerate loop for every objective: the model's forward returns the loss.
 
     Args:
@@ -161,6 +164,11 @@ class Trainer:
             evaluation and checkpointing); returning ``True`` on any process ends training after this step.
         deepspeed_plugin: a DeepSpeed plugin; without it DeepSpeed is used when ``accelerate launch`` configured
             it. ``"auto"`` gradient clipping / accumulation values are filled from ``config``.
+        resume_checkpoint: ``"config"`` (default): resume as ``config.resume_from`` says, verifying the checkpoint
+            when training starts; a :class:`~cardiomm.training.checkpointing.VerifiedCheckpoint` (from
+            :func:`~cardiomm.training.checkpointing.resolve_resume_checkpoint` or
+            :func:`~cardiomm.training.checkpointing.verify_checkpoint`): resume from it without hashing its files
+            again; ``None``: start from scratch.
     """
 
     def __init__(
@@ -174,15 +182,20 @@ class Trainer:
         on_save: OutputHook | None = None,
         on_step_end: StepHook | None = None,
         deepspeed_plugin: DeepSpeedPlugin | None = None,
+        resume_checkpoint: VerifiedCheckpoint | Literal["config"] | None = "config",
     ) -> None:
+        if isinstance(resume_checkpoint, str) and resume_checkpoint != "config":
+            raise ValueError(f"resume_checkpoint must be 'config', a VerifiedCheckpoint or None, not "
+                             f"{resume_checkpoint!r} (a folder or 'latest' is set as config.resume_from)")
         self.experiment = config if isinstance(config, ExperimentConfig) else ExperimentConfig(training=config)
         self.config = cfg = self.experiment.training
         self.output_dir = Path(cfg.output_dir)
-        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.checkpoint_dir = self.output_dir / CHECKPOINTS_FOLDER
+        self._resume_checkpoint = resume_checkpoint
         self.eval_fn = eval_fn
         self.on_save = on_save
         self.on_step_end = on_step_end
-        self.state = TrainerState()
+        self.state = TrainingState()
 
         mixed_precision = _resolve_mixed_precision(cfg.mixed_precision)
         _allow_new_precision(mixed_precision)
@@ -259,7 +272,10 @@ class Trainer:
     def train(self) -> TrainResult:
         """Train for ``max_steps`` (or ``num_epochs``), resuming first when ``resume_from`` is set."""
         cfg, accelerator = self.config, self.accelerator
-        resumed_from = self._resume(cfg.resume_from) if cfg.resume_from else None
+        checkpoint = self._resume_checkpoint
+        if isinstance(checkpoint, str):  # "config"
+            checkpoint = resolve_resume_checkpoint(cfg.resume_from, self.checkpoint_dir)
+        resumed_from = self._resume(checkpoint) if checkpoint is not None else None
         state = self.state
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -513,22 +529,12 @@ class Trainer:
         for old in completed_checkpoints(self.checkpoint_dir)[: -self.config.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _resume(self, spec: str) -> Path | None:
-        """Restore the state saved in a checkpoint (``"latest"``: the newest one that verifies)."""
-        if spec == "latest":
-            found = find_resumable_checkpoint(self.checkpoint_dir)
-            if found is None:
-                logger.info("resume_from='latest': no checkpoint in %s, starting from scratch", self.checkpoint_dir)
-                return None
-            path, document = found
-        else:
-            path = Path(spec)
-            if not path.is_dir():
-                raise FileNotFoundError(f"{path}: no such checkpoint folder")
-            document = verify_checkpoint(path)
+    def _resume(self, checkpoint: VerifiedCheckpoint) -> Path:
+        """Restore the state saved in a checkpoint whose files were verified; returns its folder."""
+        path, document = checkpoint.path, checkpoint.document
         self._load_checkpoint(path, document)
-        known = {f.name for f in dataclasses.fields(TrainerState)}
-        self.state = TrainerState(**{k: v for k, v in document.items() if k in known})
+        known = {f.name for f in dataclasses.fields(TrainingState)}
+        self.state = TrainingState(**{k: v for k, v in document.items() if k in known})
         if self.state.batches_in_epoch >= len(self.train_loader):
             self.state.epoch += 1
             self.state.batches_in_epoch = 0

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpointing import find_resumable_checkpoint, verify_checkpoint
+from .checkpointing import CHECKPOINTS_FOLDER, resolve_resume_checkpoint
 from .config import ExperimentConfig, load_config
-from .loop import Trainer, TrainResult
+from .loop import TrainingLoop, TrainResult
 from .objectives import PretrainingRun, build_run, check_experiment
 from .sampling import seed_everything
 
@@ -42,7 +42,7 @@ def save_preprocessing(run: PretrainingRun, output_dir: str | os.PathLike) -> No
 
 
 def pretrain(config: str | os.PathLike | ExperimentConfig, **overrides: Any) -> tuple[TrainResult, PretrainingRun]:
-    """Train the experiment ``config`` (a YAML path or an :class:`ExperimentConfig`) with the shared Trainer.
+    """Train the experiment ``config`` (a YAML path or an :class:`ExperimentConfig`) with the shared training loop.
 
     ``overrides`` replace fields of the ``training`` section (e.g. ``max_steps=10``, ``output_dir=...``). The
     experiment is checked (:func:`~cardiomm.training.objectives.check_experiment`) and every random generator is
@@ -60,25 +60,23 @@ def pretrain(config: str | os.PathLike | ExperimentConfig, **overrides: Any) -> 
         setattr(experiment.training, key, value)
     experiment.training.__post_init__()  # the overridden values are checked too
     check_experiment(experiment)
-    resume_from = experiment.training.resume_from  # damaged checkpoints are reported before anything is built
-    if resume_from == "latest":
-        find_resumable_checkpoint(Path(experiment.training.output_dir) / "checkpoints", warn=False)
-    elif resume_from:
-        if not Path(resume_from).is_dir():
-            raise FileNotFoundError(f"{resume_from}: no such checkpoint folder")
-        verify_checkpoint(resume_from)
+    # the checkpoint is verified (a damaged one reported) before anything is built, and handed to the loop as is
+    checkpoint = resolve_resume_checkpoint(
+        experiment.training.resume_from, Path(experiment.training.output_dir) / CHECKPOINTS_FOLDER
+    )
     seed_everything(experiment.training.seed)  # the model's initial weights depend on the seed only
     run = build_run(experiment)
-    trainer = Trainer(
+    loop = TrainingLoop(
         run.model,
         experiment,
         run.train_dataset,
         collate_fn=run.collate_fn,
         eval_dataset=run.eval_dataset,
         on_save=lambda output_dir: save_preprocessing(run, output_dir),
+        resume_checkpoint=checkpoint,
     )
-    result = trainer.train()
-    run.model = trainer.accelerator.unwrap_model(trainer.model)
+    result = loop.train()
+    run.model = loop.accelerator.unwrap_model(loop.model)
     return result, run
 
 
