@@ -340,9 +340,14 @@ def test_vit_gradient_checkpointing_gives_same_gradients() -> None:
         assert torch.allclose(grad, checkpointed[name], rtol=1e-4, atol=1e-6), name
 
 
-def test_resnet_has_no_checkpointable_layers() -> None:
-    with pytest.raises(ValueError):
-        _model("resnet_basic").activation_checkpointing_enable()
+def test_resnet_blocks_are_the_checkpointable_layers() -> None:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model = _model("resnet_basic")
+    model.activation_checkpointing_enable()
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and all(m.gradient_checkpointing for m in layers)
+    assert len(layers) == sum(len(stage) for stage in model.encoder.stages)
 
 
 # ------------------------------------------------------------------------------------------ classification

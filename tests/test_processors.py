@@ -222,7 +222,8 @@ def test_push_plan_uploads_the_code_tokenizer_a_processor_saves(parts, tmp_path:
     (tmp_path / "README.md").write_text("# tiny ECG-sEHR dual encoder\n")
     plan = plan_upload(tmp_path)
     uploaded = {f.path_in_repo for f in plan.files}
-    saved = {f"code_tokenizer/{p.name}" for p in (tmp_path / "code_tokenizer").iterdir() if p.suffix in (".json", ".txt")}
+    saved = {f"code_tokenizer/{p.name}" for p in (tmp_path / "code_tokenizer").iterdir()
+             if p.suffix in (".json", ".txt")}
     assert {"code_tokenizer/vocab.txt", "code_tokenizer/tokenizer_config.json"} <= saved - {"code_tokenizer/notes.txt"}
     assert saved - {"code_tokenizer/notes.txt"} <= uploaded, (saved, uploaded)
     assert ("code_tokenizer/notes.txt", "not a tokenizer file") in plan.left_out
