@@ -38,10 +38,13 @@ Only the returned windows are resampled (the record is cut with a margin wider t
 the values equal those of resampling the whole record); the whole-record statistics of long records are
 gathered piece by piece, so cropping a long record takes memory that does not grow with its length.
 
-A uniform batch -- one (batch, leads, time) array or tensor with one sampling rate and one set of lead names, as
-a collator stacks it -- is processed as one array: lead selection, repair, resampling, statistics, cropping and
-presence run over the batch axis at once. Its outputs, warnings and errors are exactly those of the same records
-given as a list, which are processed record by record (their lengths, lead sets and rates may differ).
+Records are processed in batches: lead selection, repair, resampling, statistics, cropping and presence run over
+the batch axis at once. A (batch, leads, time) array or tensor with one sampling rate and one set of lead names, as
+a collator stacks it, is one batch; a list of records (whose lengths, lead sets and rates may differ) is grouped
+into batches of the records that share sampling rate, length and lead names, a single record being a batch of one;
+a batch larger than ``BATCH_SAMPLES`` is cut into consecutive batches of that size, so that its arrays stay in cache.
+Each record gets exactly the outputs, warnings and errors it gets alone (naming it by its place in the input), and
+warnings and errors come in the order of the records.
 
 Arrays are taken to be in millivolts; files are converted to millivolts from their header units.
 """
@@ -77,11 +80,13 @@ LAYOUTS: tuple[str, ...] = ("leads_first", "time_first")
 
 # Records longer than this (samples at the target rate) have their normalisation statistics gathered in pieces.
 STATISTICS_CHUNK: int = 2**16
+# Records are processed in batches of at most this many input samples (records x leads x time), one record at
+# the least: a batch's arrays stay in the processor's cache.
+BATCH_SAMPLES: int = 2**18
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 ECGInput = Union[ArrayLike, str, os.PathLike, Sequence[ArrayLike], Sequence[Union[str, os.PathLike]]]
 SeedLike = Union[int, np.random.Generator, torch.Generator, None]
-
 
 
 class LeadOffWarning(UserWarning):
@@ -181,26 +186,8 @@ def normalize_signal(signal: np.ndarray, normalization: str, epsilon: float) -> 
 
 
 @dataclass
-class _RawRecord:
-    name: str
-    signal: np.ndarray  # (leads, time) float32, mV
-    sampling_rate: float
-    lead_names: list[str] | None
-
-
-@dataclass
-class _PreparedRecord:
-    name: str
-    signal: np.ndarray  # (usable leads, time) float32, mV, non-finite samples repaired
-    finite: np.ndarray | None  # (usable leads, time) bool, None when every sample is finite
-    rows: np.ndarray  # rows of ``input_values`` the usable leads go to
-    leads: list[str]  # their names
-    sampling_rate: float
-    length: int  # samples at the target rate
-
-
-@dataclass
 class _RawBatch:
+    members: list[int]  # positions of its records in the input
     names: list[str]
     signal: np.ndarray  # (batch, leads, time) float32, mV
     sampling_rate: float
@@ -209,6 +196,7 @@ class _RawBatch:
 
 @dataclass
 class _PreparedBatch:
+    members: list[int]  # positions of its records in the input
     names: list[str]
     signal: np.ndarray  # (batch, selected leads, time) float32, mV, non-finite samples repaired
     finite: np.ndarray | None  # (batch, selected leads, time) bool, None when every sample is finite
@@ -217,6 +205,10 @@ class _PreparedBatch:
     usable: np.ndarray  # (batch, selected leads) bool: leads with finite samples that are not flat
     sampling_rate: float
     length: int  # samples at the target rate
+
+
+# What the preparation finds in one record, in the order it is found: a LeadOffWarning message, or its error.
+_Finding = Union[str, ValueError]
 
 
 def _is_path(value: Any) -> bool:
@@ -389,30 +381,30 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
         if crop == "windows" and self.crop_length is None:
             raise ValueError("crop='windows' needs crop_length to be set")
-        uniform = self._uniform_batch(ecg, sampling_rate, lead_names, layout)
-        if uniform is not None:
-            batch = self._prepare_batch(uniform)  # called from here: warnings point at the caller
-            out_len, starts = self._window_starts([batch.length] * len(batch.names), crop, seed)
-            input_values, time_mask, lead_mask = self._place_batch_windows(batch, starts, out_len)
-        else:
-            records = self._collect_records(ecg, sampling_rate, lead_names, layout)
-            prepared = []
-            for record in records:  # a loop, not a comprehension: warnings point at the caller
-                prepared.append(self._prepare(record))
-            out_len, starts = self._window_starts([p.length for p in prepared], crop, seed)
-            spans = [self._span(p.length, record_starts, out_len) for p, record_starts in zip(prepared, starts)]
-            resampled = self._resample_spans(prepared, spans)
-
-            n_windows = len(starts[0])
-            input_values = np.full((len(prepared), n_windows, self.num_leads, out_len), self.padding_value, np.float32)
-            time_mask = np.zeros((len(prepared), n_windows, out_len), dtype=np.int64)
-            lead_mask = np.zeros((len(prepared), n_windows, self.num_leads), dtype=bool)
-            for b, (record, record_starts, (span_start, _), values) in enumerate(
-                zip(prepared, starts, spans, resampled)
-            ):
-                self._place_windows(
-                    record, record_starts, out_len, values, span_start, input_values[b], time_mask[b], lead_mask[b]
-                )
+        batches = self._collect_batches(ecg, sampling_rate, lead_names, layout)
+        n_records = sum(len(raw.members) for raw in batches)
+        findings: list[list[_Finding]] = [[] for _ in range(n_records)]
+        prepared = [self._prepare_batch(raw, findings) for raw in batches]
+        self._report(findings)  # called from here: warnings point at the caller
+        lengths = [0] * n_records
+        for batch in prepared:
+            for member in batch.members:
+                lengths[member] = batch.length
+        out_len, starts = self._window_starts(lengths, crop, seed)
+        n_windows = len(starts[0])
+        input_values = np.full((n_records, n_windows, self.num_leads, out_len), self.padding_value, np.float32)
+        time_mask = np.zeros((n_records, n_windows, out_len), dtype=np.int64)
+        lead_mask = np.zeros((n_records, n_windows, self.num_leads), dtype=bool)
+        findings = [[] for _ in range(n_records)]
+        for batch in prepared:
+            members = batch.members  # ascending
+            in_order = members[-1] - members[0] == len(members) - 1
+            where: Any = slice(members[0], members[-1] + 1) if in_order else members
+            outputs = input_values[where], time_mask[where], lead_mask[where]  # views if in order, else copies
+            self._place_batch_windows(batch, [starts[member] for member in members], out_len, findings, *outputs)
+            if not in_order:
+                input_values[where], time_mask[where], lead_mask[where] = outputs
+        self._report(findings)
         if crop != "windows":
             input_values, time_mask, lead_mask = input_values[:, 0], time_mask[:, 0], lead_mask[:, 0]
         data = {"input_values": input_values, "lead_mask": lead_mask, "time_mask": time_mask}
@@ -420,9 +412,56 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
 
     # ----------------------------------------------------------------------------------------------- inputs
 
-    def _collect_records(
-        self, ecg: Any, sampling_rate: Any, lead_names: Any, layout: str
-    ) -> list[_RawRecord]:
+    def _collect_batches(self, ecg: Any, sampling_rate: Any, lead_names: Any, layout: str) -> list[_RawBatch]:
+        """The input as batches of the records that share sampling rate, length and lead names: a uniform
+        (batch, leads, time) array as it is, the records of any other input grouped."""
+        uniform = self._uniform_batch(ecg, sampling_rate, lead_names, layout)
+        if uniform is not None:
+            size = max(1, BATCH_SAMPLES // uniform.signal[0].size)  # records per batch
+            return [
+                _RawBatch(uniform.members[part], uniform.names[part], uniform.signal[part], uniform.sampling_rate,
+                          uniform.lead_names)
+                for part in (slice(start, start + size) for start in range(0, len(uniform.members), size))
+            ]
+        groups: dict[tuple[Any, ...], list[_RawBatch]] = {}
+        for record in self._collect_records(ecg, sampling_rate, lead_names, layout):
+            leads = None if record.lead_names is None else tuple(record.lead_names)
+            groups.setdefault((record.sampling_rate, record.signal.shape, leads), []).append(record)
+        batches = []
+        for group in groups.values():
+            size = max(1, BATCH_SAMPLES // group[0].signal.size)
+            for start in range(0, len(group), size):
+                part = group[start : start + size]
+                batches.append(part[0] if len(part) == 1 else _RawBatch(
+                    [record.members[0] for record in part],
+                    [record.names[0] for record in part],
+                    np.concatenate([record.signal for record in part]),
+                    part[0].sampling_rate,
+                    part[0].lead_names,
+                ))
+        return batches
+
+    def _uniform_batch(self, ecg: Any, sampling_rate: Any, lead_names: Any, layout: str) -> _RawBatch | None:
+        """A (batch, leads, time) array or tensor with one sampling rate and one set of lead names as one batch,
+        checked as its first record is checked; ``None`` for any other input."""
+        if not isinstance(ecg, (np.ndarray, torch.Tensor)) or ecg.ndim != 3 or ecg.shape[0] == 0:
+            return None
+        if not (lead_names is None or (len(lead_names) > 0 and isinstance(lead_names[0], str))):
+            return None
+        array = _to_numpy(ecg, "input")
+        names = [f"record {i} of the batch" for i in range(array.shape[0])]
+        rates = self._per_record(sampling_rate, len(names), "sampling_rate")
+        if any(rate != rates[0] for rate in rates[1:]):
+            return None
+        # every record has the shape, rate and lead names of the first: the first is where a check fails first
+        _, leads = self._check_record(array[0], names[0], rates[0], lead_names, layout)
+        signal = array.transpose(0, 2, 1) if layout == "time_first" else array
+        return _RawBatch(
+            list(range(len(names))), names, np.ascontiguousarray(signal, dtype=np.float32), float(rates[0]), leads
+        )
+
+    def _collect_records(self, ecg: Any, sampling_rate: Any, lead_names: Any, layout: str) -> list[_RawBatch]:
+        """Each input record, checked, as a batch of one."""
         if _is_path(ecg) or (isinstance(ecg, (list, tuple)) and len(ecg) > 0 and all(_is_path(e) for e in ecg)):
             if sampling_rate is not None or lead_names is not None:
                 raise ValueError(
@@ -430,10 +469,10 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
                 )
             paths = [ecg] if _is_path(ecg) else list(ecg)
             records = []
-            for path in paths:
+            for i, path in enumerate(paths):
                 rec = read_ecg_record(path)
                 _check_sampling_rate(rec.sampling_rate, os.fspath(path))
-                records.append(_RawRecord(os.fspath(path), rec.signal, rec.sampling_rate, rec.lead_names))
+                records.append(_RawBatch([i], [os.fspath(path)], rec.signal[None], rec.sampling_rate, rec.lead_names))
             return records
 
         if isinstance(ecg, (list, tuple)):
@@ -464,9 +503,10 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
             per_record_leads = self._per_record(lead_names, len(arrays), "lead_names")
 
         records = []
-        for array, name, rate, leads in zip(arrays, names, rates, per_record_leads):
+        for i, (array, name, rate, leads) in enumerate(zip(arrays, names, rates, per_record_leads)):
             signal, leads = self._check_record(array, name, rate, leads, layout)
-            records.append(_RawRecord(name, np.ascontiguousarray(signal, dtype=np.float32), float(rate), leads))
+            signal = np.ascontiguousarray(signal[None], dtype=np.float32)
+            records.append(_RawBatch([i], [name], signal, float(rate), leads))
         return records
 
     def _check_record(
@@ -525,7 +565,7 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         cols = array.shape[1] if layout == "leads_first" else array.shape[0]
         return f" (did you mean layout={other!r}?)" if cols == expected_rows else ""
 
-    # ------------------------------------------------------------------------------------------- per record
+    # -------------------------------------------------------------------------------------------- batches
 
     def _lead_rows(self, lead_names: list[str] | None, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the configured leads among ``lead_names`` (the input's rows) and the rows of ``input_values``
@@ -554,59 +594,6 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"{name}: none of the leads {self.lead_names} found in the record's leads {lead_names}")
         return source_rows, target_rows
 
-    def _select_leads(self, record: _RawRecord) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the configured leads present in ``record`` and the rows of ``input_values`` they go to."""
-        source_rows, target_rows = self._lead_rows(record.lead_names, record.name)
-        signal = record.signal
-        if not (len(source_rows) == signal.shape[0] and np.array_equal(source_rows, np.arange(signal.shape[0]))):
-            signal = signal[source_rows]
-        return signal, target_rows
-
-    def _prepare(self, record: _RawRecord) -> _PreparedRecord:
-        """Select and repair the leads, drop the unusable ones (all NaN, or flat), check the resampled length."""
-        signal, rows = self._select_leads(record)
-        try:
-            length = resampled_length(signal.shape[-1], record.sampling_rate, self.sampling_rate)
-        except ValueError as err:
-            raise ValueError(f"{record.name}: {err}") from None
-        if length < self.min_length:
-            raise ValueError(
-                f"{record.name}: {signal.shape[-1]} samples at {record.sampling_rate:g} Hz give "
-                f"{length} samples at {self.sampling_rate:g} Hz, shorter than min_length={self.min_length}"
-            )
-        finite = np.isfinite(signal)
-        if finite.all():
-            finite = None
-        else:
-            signal, _ = repair_non_finite(signal)
-        has_finite, peak_to_peak = _peak_to_peak(signal, finite)
-        if not has_finite.any():
-            raise ValueError(f"{record.name}: every lead is entirely NaN/Inf; no usable signal")
-        flat = has_finite & (peak_to_peak <= self.epsilon)
-        usable = has_finite & ~flat
-        names = [self.lead_names[r] for r in rows]
-        # An all-zero lead is how datasets store a lead that was not recorded: absent without a warning.
-        lead_off = flat & (np.abs(signal).max(-1) > 0) if flat.any() else flat
-        if lead_off.any():
-            flat_names = [n for n, f in zip(names, lead_off) if f]
-            warnings.warn(
-                f"{record.name}: lead(s) {flat_names} are flat (constant) over the whole record (lead off?); "
-                "they are marked absent in lead_mask",
-                LeadOffWarning,
-                stacklevel=3,
-            )
-        if not usable.any():
-            missing = [n for n, h in zip(names, has_finite) if not h]
-            raise ValueError(
-                f"{record.name}: no usable lead: leads {[n for n, f in zip(names, flat) if f]} are flat (constant)"
-                + (f" and {missing} entirely NaN/Inf" if missing else "")
-            )
-        if not usable.all():
-            signal, rows = signal[usable], rows[usable]
-            finite = None if finite is None else finite[usable]
-            names = [n for n, u in zip(names, usable) if u]
-        return _PreparedRecord(record.name, signal, finite, rows, names, record.sampling_rate, length)
-
     def _window_starts(self, lengths: list[int], crop: str, seed: SeedLike) -> tuple[int, list[list[int]]]:
         """Output length and, per record, the start of each returned window (samples at the target rate)."""
         if crop == "windows":
@@ -626,133 +613,22 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         real = [(s, min(s + out_len, length)) for s in starts if s < length]
         return min(s for s, _ in real), max(e for _, e in real)
 
-    def _resample_spans(self, prepared: list[_PreparedRecord], spans: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Per record: the normalised float64 values of ``span`` at the target rate, usable leads only.
+    def _prepare_batch(self, raw: _RawBatch, findings: list[list[_Finding]]) -> _PreparedBatch | None:
+        """Select and repair the leads, mark the unusable ones (all NaN, or flat), check the resampled length.
 
-        Records up to ``STATISTICS_CHUNK`` samples are resampled whole (records sharing rate and length in one
-        call); longer ones have their statistics gathered piece by piece and only the span resampled.
+        What is found in each record is added to ``findings`` at its position in the input; ``None`` when a check
+        on what the records share (lead names, length) fails, which is an error of the first record.
         """
-        target = self.sampling_rate
-        out: list[np.ndarray | None] = [None] * len(prepared)
-        groups: dict[tuple[float, int], list[int]] = {}
-        for i, record in enumerate(prepared):
-            start, stop = spans[i]
-            if record.sampling_rate == target and record.length <= STATISTICS_CHUNK:
-                out[i] = self._normalize(record.signal[:, start:stop], [record.signal])
-            elif record.length <= STATISTICS_CHUNK:
-                groups.setdefault((record.sampling_rate, record.signal.shape[-1]), []).append(i)
-            else:
-                chunks = resampled_chunks(record.signal, record.sampling_rate, target, STATISTICS_CHUNK)
-                values = resample_window(record.signal, record.sampling_rate, target, start, stop)
-                out[i] = self._normalize(values, chunks)
-        for (rate, _), members in groups.items():
-            stacked = np.concatenate([prepared[i].signal for i in members]) if len(members) > 1 else (
-                prepared[members[0]].signal
-            )
-            resampled = resample_window(stacked, rate, target, 0, prepared[members[0]].length)
-            splits = np.cumsum([prepared[i].signal.shape[0] for i in members])[:-1]
-            for i, part in zip(members, np.split(resampled, splits)):
-                start, stop = spans[i]
-                out[i] = self._normalize(part[:, start:stop], [part])
-        return out
-
-    def _normalize(self, values: np.ndarray, chunks: Iterable[np.ndarray]) -> np.ndarray:
-        """``values`` (float64) normalised with the statistics of the whole record, given in consecutive ``chunks``."""
-        values = np.asarray(values, dtype=np.float64)
-        if self.normalization == "none":
-            return values
-        offset, scale = normalization_statistics(chunks, self.normalization, self.epsilon)
-        return (values - offset[:, None]) / scale[:, None]
-
-    def _place_windows(
-        self,
-        record: _PreparedRecord,
-        starts: list[int],
-        out_len: int,
-        values: np.ndarray,
-        span_start: int,
-        input_values: np.ndarray,
-        time_mask: np.ndarray,
-        lead_mask: np.ndarray,
-    ) -> None:
-        """Write each window of one record, with the leads present in that window, into the output arrays."""
-        up, down = resampling_factors(record.sampling_rate, self.sampling_rate)
-        n_source = record.signal.shape[-1]
-        flat_in: list[str] = []
-        for w, start in enumerate(starts):
-            stop = min(start + out_len, record.length)
-            if stop <= start:
-                continue  # a window past the end of the record: all padding
-            # The source samples that fall inside the window; at least the one nearest its start.
-            first, last = min(-(-start * down // up), n_source), min(-(-stop * down // up), n_source)
-            if last <= first:
-                first = min(start * down // up, n_source - 1)
-                last = first + 1
-            finite = None if record.finite is None else record.finite[:, first:last]
-            has_finite, peak_to_peak = _peak_to_peak(record.signal[:, first:last], finite)
-            present = has_finite & (peak_to_peak > self.epsilon)
-            flat = has_finite & ~present
-            if flat.any():
-                flat_in.append(f"{[n for n, f in zip(record.leads, flat) if f]} in samples {start}-{stop}")
-            if not present.any():
-                raise ValueError(
-                    f"{record.name}: no usable lead in the returned samples {start}-{stop} at "
-                    f"{self.sampling_rate:g} Hz: leads {record.leads} are flat or NaN/Inf there"
-                )
-            with np.errstate(over="ignore"):
-                window = values[present, start - span_start : stop - span_start].astype(np.float32)
-            if not np.isfinite(window).all():
-                raise ValueError(
-                    f"{record.name}: values do not fit float32 after normalization={self.normalization!r} "
-                    f"(largest magnitude {np.abs(values[present]).max():.3g}); check the record's units and gain"
-                )
-            input_values[w, :, : stop - start] = 0.0
-            input_values[w, record.rows[present], : stop - start] = window
-            time_mask[w, : stop - start] = 1
-            lead_mask[w, record.rows[present]] = True
-        if flat_in:
-            warnings.warn(
-                f"{record.name}: lead(s) flat (lead off?) at {self.sampling_rate:g} Hz: {'; '.join(flat_in)}; "
-                "marked absent in lead_mask there",
-                LeadOffWarning,
-                stacklevel=3,
-            )
-
-    # ---------------------------------------------------------------------------------------- uniform batch
-
-    def _uniform_batch(self, ecg: Any, sampling_rate: Any, lead_names: Any, layout: str) -> _RawBatch | None:
-        """A (batch, leads, time) array or tensor with one sampling rate and one set of lead names, checked as
-        the per-record path checks its first record; ``None`` for any other input (processed record by record)."""
-        if not isinstance(ecg, (np.ndarray, torch.Tensor)) or ecg.ndim != 3 or ecg.shape[0] == 0:
-            return None
-        if not (lead_names is None or (len(lead_names) > 0 and isinstance(lead_names[0], str))):
-            return None
-        array = _to_numpy(ecg, "input")
-        names = [f"record {i} of the batch" for i in range(array.shape[0])]
-        rates = self._per_record(sampling_rate, len(names), "sampling_rate")
-        if any(rate != rates[0] for rate in rates[1:]):
-            return None
-        # every record has the shape, rate and lead names of the first: the first is where a check fails first
-        _, leads = self._check_record(array[0], names[0], rates[0], lead_names, layout)
-        signal = array.transpose(0, 2, 1) if layout == "time_first" else array
-        return _RawBatch(names, np.ascontiguousarray(signal, dtype=np.float32), float(rates[0]), leads)
-
-    def _prepare_batch(self, raw: _RawBatch) -> _PreparedBatch:
-        """:meth:`_prepare` over the batch axis: the same leads, repair, presence, warnings and errors."""
         name = raw.names[0]  # a check on the shared shape, rate or lead names fails first for the first record
-        source_rows, rows = self._lead_rows(raw.lead_names, name)
+        try:
+            source_rows, rows = self._lead_rows(raw.lead_names, name)
+            length = self._checked_length(raw.signal.shape[-1], raw.sampling_rate, name)
+        except ValueError as err:
+            findings[raw.members[0]].append(err)
+            return None
         signal = raw.signal
         if not (len(source_rows) == signal.shape[1] and np.array_equal(source_rows, np.arange(signal.shape[1]))):
             signal = signal[:, source_rows]
-        try:
-            length = resampled_length(signal.shape[-1], raw.sampling_rate, self.sampling_rate)
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
-        if length < self.min_length:
-            raise ValueError(
-                f"{name}: {signal.shape[-1]} samples at {raw.sampling_rate:g} Hz give "
-                f"{length} samples at {self.sampling_rate:g} Hz, shorter than min_length={self.min_length}"
-            )
         finite = np.isfinite(signal)
         repair = ~finite.all(axis=(1, 2))  # the records with a non-finite sample
         if not repair.any():
@@ -768,30 +644,55 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
         # An all-zero lead is how datasets store a lead that was not recorded: absent without a warning.
         lead_off = flat & (np.abs(signal).max(-1) > 0) if flat.any() else flat
         names = [self.lead_names[r] for r in rows]
-        for b, record_name in enumerate(raw.names):
+        for b, (member, record_name) in enumerate(zip(raw.members, raw.names)):
+            found = findings[member]
             if not has_finite[b].any():
-                raise ValueError(f"{record_name}: every lead is entirely NaN/Inf; no usable signal")
+                found.append(ValueError(f"{record_name}: every lead is entirely NaN/Inf; no usable signal"))
+                continue
             if lead_off[b].any():
-                flat_names = [n for n, f in zip(names, lead_off[b]) if f]
-                warnings.warn(
-                    f"{record_name}: lead(s) {flat_names} are flat (constant) over the whole record (lead off?); "
-                    "they are marked absent in lead_mask",
-                    LeadOffWarning,
-                    stacklevel=3,
+                found.append(
+                    f"{record_name}: lead(s) {[n for n, f in zip(names, lead_off[b]) if f]} are flat (constant) "
+                    "over the whole record (lead off?); they are marked absent in lead_mask"
                 )
             if not usable[b].any():
                 missing = [n for n, h in zip(names, has_finite[b]) if not h]
-                raise ValueError(
+                found.append(ValueError(
                     f"{record_name}: no usable lead: leads {[n for n, f in zip(names, flat[b]) if f]} are flat "
                     "(constant)" + (f" and {missing} entirely NaN/Inf" if missing else "")
-                )
-        return _PreparedBatch(raw.names, signal, finite, rows, names, usable, raw.sampling_rate, length)
+                ))
+        return _PreparedBatch(raw.members, raw.names, signal, finite, rows, names, usable, raw.sampling_rate, length)
+
+    def _checked_length(self, n_samples: int, rate: float, name: str) -> int:
+        """Samples at the target rate of a record of ``n_samples`` at ``rate``; an error below ``min_length``."""
+        try:
+            length = resampled_length(n_samples, rate, self.sampling_rate)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        if length < self.min_length:
+            raise ValueError(
+                f"{name}: {n_samples} samples at {rate:g} Hz give "
+                f"{length} samples at {self.sampling_rate:g} Hz, shorter than min_length={self.min_length}"
+            )
+        return length
 
     def _place_batch_windows(
-        self, batch: _PreparedBatch, starts: list[list[int]], out_len: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_resample_spans` and :meth:`_place_windows` over the batch axis: ``input_values``,
-        ``time_mask`` and ``lead_mask`` with a windows axis, equal to those of the records one by one."""
+        self,
+        batch: _PreparedBatch,
+        starts: list[list[int]],
+        out_len: int,
+        findings: list[list[_Finding]],
+        input_values: np.ndarray,
+        time_mask: np.ndarray,
+        lead_mask: np.ndarray,
+    ) -> None:
+        """Resample, normalise and write each record's windows, with the leads present in each window, into the
+        batch's ``input_values``, ``time_mask`` and ``lead_mask`` (with a windows axis; padding and zeros where
+        nothing is written). What is found in each record (a lead flat in a window, a window with no present lead,
+        values beyond float32) is added to ``findings``.
+
+        Records up to ``STATISTICS_CHUNK`` samples are resampled whole; longer ones have their statistics gathered
+        piece by piece and only the samples their windows take resampled.
+        """
         n_batch, n_rows, n_source = batch.signal.shape
         rate, target, length = batch.sampling_rate, self.sampling_rate, batch.length
         up, down = resampling_factors(rate, target)
@@ -814,11 +715,10 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
             offset, scale = normalization_statistics(statistics_chunks, self.normalization, self.epsilon, batch.usable)
 
         def normalized(values: np.ndarray, index: Any = slice(None)) -> np.ndarray:
-            values = np.array(values, dtype=np.float64)  # a copy: normalised in place
-            if offset is not None:
-                np.subtract(values, offset[index][..., None], out=values)
-                np.divide(values, scale[index][..., None], out=values)
-            return values
+            if offset is None:
+                return np.asarray(values, dtype=np.float64)
+            values = np.subtract(values, offset[index][..., None], dtype=np.float64)
+            return np.divide(values, scale[index][..., None], out=values)
 
         def gather(members: np.ndarray, piece_start: int, piece: np.ndarray, first: np.ndarray, size: int):
             """Samples ``first - piece_start ... + size`` of each member's piece (one slice when they agree)."""
@@ -826,13 +726,11 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
 
         n_windows = len(starts[0])
         window_starts = np.array(starts, dtype=np.int64)  # (batch, windows)
-        input_values = np.full((n_batch, n_windows, self.num_leads, out_len), self.padding_value, np.float32)
-        time_mask = np.zeros((n_batch, n_windows, out_len), dtype=np.int64)
-        lead_mask = np.zeros((n_batch, n_windows, self.num_leads), dtype=bool)
         present = np.zeros((n_batch, n_windows, n_rows), dtype=bool)
         flat = np.zeros((n_batch, n_windows, n_rows), dtype=bool)
         overflow = np.zeros((n_batch, n_windows), dtype=bool)
         stops = np.minimum(window_starts + out_len, length)
+        every_row = np.array_equal(batch.rows, np.arange(self.num_leads))
         for w in range(n_windows):
             start = window_starts[:, w]
             size = int(stops[0, w] - start[0])  # the same for every record of one length
@@ -859,20 +757,24 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
             flat[:, w] = batch.usable & has_finite & ~present[:, w]
 
             if len(pieces) == 1:
-                values = gather(everyone, 0, pieces[0][2], start, size)
+                values = gather(*pieces[0], start, size)
             else:
                 values = np.empty((n_batch, n_rows, size), dtype=np.float64)
                 for members, piece_start, piece in pieces:
                     values[members] = gather(members, piece_start, piece, start, size)
             with np.errstate(over="ignore"):
                 window = normalized(values).astype(np.float32)
-            overflow[:, w] = (~np.isfinite(window) & present[:, w, :, None]).any(axis=(1, 2))
-            placed = input_values[:, w]
-            placed[:, :, :size] = 0.0
-            if np.array_equal(batch.rows, np.arange(self.num_leads)):
-                np.copyto(placed[:, :, :size], window, where=present[:, w, :, None])
+            if not np.isfinite(window).all():
+                overflow[:, w] = (~np.isfinite(window) & present[:, w, :, None]).any(axis=(1, 2))
+            placed = input_values[:, w, :, :size]
+            if every_row and present[:, w].all():
+                placed[...] = window
+            elif every_row:
+                placed[...] = 0.0
+                np.copyto(placed, window, where=present[:, w, :, None])
             else:
-                placed[:, batch.rows, :size] = np.where(present[:, w, :, None], window, np.float32(0.0))
+                placed[...] = 0.0
+                placed[:, batch.rows] = np.where(present[:, w, :, None], window, np.float32(0.0))
             time_mask[:, w, :size] = 1
             lead_mask[:, w][:, batch.rows] = present[:, w]
 
@@ -884,7 +786,8 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
                     return normalized(piece[where[0], :, span_start - piece_start : span_stop - piece_start], b)
             raise AssertionError(f"record {b} is in no piece")  # every record is in one
 
-        for b, name in enumerate(batch.names):  # the errors and warnings of the records one by one, in order
+        for b, (member, name) in enumerate(zip(batch.members, batch.names)):
+            found = findings[member]
             usable_leads = [n for n, u in zip(batch.leads, batch.usable[b]) if u]
             flat_in: list[str] = []
             for w in range(n_windows):
@@ -894,24 +797,34 @@ class ECGFeatureExtractor(FeatureExtractionMixin):
                 if flat[b, w].any():
                     flat_in.append(f"{[batch.leads[i] for i in np.flatnonzero(flat[b, w])]} in samples {start}-{stop}")
                 if not present[b, w].any():
-                    raise ValueError(
+                    found.append(ValueError(
                         f"{name}: no usable lead in the returned samples {start}-{stop} at "
                         f"{self.sampling_rate:g} Hz: leads {usable_leads} are flat or NaN/Inf there"
-                    )
+                    ))
+                    break
                 if overflow[b, w]:
                     largest = np.abs(span_values(b)[present[b, w]]).max()
-                    raise ValueError(
+                    found.append(ValueError(
                         f"{name}: values do not fit float32 after normalization={self.normalization!r} "
                         f"(largest magnitude {largest:.3g}); check the record's units and gain"
+                    ))
+                    break
+            else:
+                if flat_in:
+                    found.append(
+                        f"{name}: lead(s) flat (lead off?) at {self.sampling_rate:g} Hz: {'; '.join(flat_in)}; "
+                        "marked absent in lead_mask there"
                     )
-            if flat_in:
-                warnings.warn(
-                    f"{name}: lead(s) flat (lead off?) at {self.sampling_rate:g} Hz: {'; '.join(flat_in)}; "
-                    "marked absent in lead_mask there",
-                    LeadOffWarning,
-                    stacklevel=3,
-                )
-        return input_values, time_mask, lead_mask
+
+    @staticmethod
+    def _report(findings: list[list[_Finding]]) -> None:
+        """Warn and raise what was found, record by record in the input order, up to the first error. Called
+        from ``__call__``: a warning points at its caller."""
+        for found in findings:
+            for finding in found:
+                if isinstance(finding, ValueError):
+                    raise finding
+                warnings.warn(finding, LeadOffWarning, stacklevel=3)
 
     # ------------------------------------------------------------------------------------------------ length
 

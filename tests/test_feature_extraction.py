@@ -574,7 +574,7 @@ def test_uniform_batch_is_bit_identical_to_records_one_by_one(crop, rate, normal
     _assert_same_as_records(extractor, batch[..., : 600 * rate // 500], sampling_rate=rate, crop=crop, seed=7)
 
 
-@pytest.mark.parametrize("crop", ["random", "windows"])
+@pytest.mark.parametrize("crop", ["random", "center", "windows"])
 def test_uniform_batch_of_long_records_is_bit_identical(crop, monkeypatch):
     """Records longer than STATISTICS_CHUNK: statistics gathered piece by piece, only the windows resampled."""
     monkeypatch.setattr(feature_extraction_ecg, "STATISTICS_CHUNK", 700)
@@ -611,19 +611,74 @@ def test_uniform_batch_errors_are_those_of_the_records():
         assert message in _outputs_and_warnings(check, ecg, sampling_rate=rate)[1]
 
 
-def test_uniform_batch_is_processed_as_one_array(monkeypatch):
+def test_records_are_processed_in_batches_of_one_rate_length_and_lead_set(monkeypatch):
+    """A uniform batch is one batch; a list is grouped into batches of the records that share sampling rate,
+    length and lead names, and each record gets the outputs it gets alone, in the input order."""
     batch = _hostile_batch(4, 2000, seed=4)
     extractor = ECGFeatureExtractor(crop_length=1000)
-    with pytest.warns(LeadOffWarning):
-        expected = extractor(list(batch), sampling_rate=250, crop="center", return_tensors="np")
+    batches = []
+    prepare_batch = ECGFeatureExtractor._prepare_batch
 
-    def per_record(*args, **kwargs):
-        raise AssertionError("a uniform batch went through the per-record path")
+    def recorded(self, raw, findings):
+        batches.append((raw.signal.shape, raw.sampling_rate, raw.names))
+        return prepare_batch(self, raw, findings)
 
-    monkeypatch.setattr(ECGFeatureExtractor, "_prepare", per_record)
-    monkeypatch.setattr(ECGFeatureExtractor, "_resample_spans", per_record)
-    for ecg, rate in ((batch, 250), (torch.from_numpy(batch), [250] * 4)):
+    monkeypatch.setattr(ECGFeatureExtractor, "_prepare_batch", recorded)
+    names = [f"record {i} of the batch" for i in range(4)]
+    for ecg, rate in ((batch, 250), (torch.from_numpy(batch), [250] * 4), (list(batch), 250)):
+        batches.clear()
         with pytest.warns(LeadOffWarning, match="record 2 of the batch"):
-            out = extractor(ecg, sampling_rate=rate, crop="center", return_tensors="np")
-        for key in expected:
-            assert out[key].tobytes() == expected[key].tobytes()
+            extractor(ecg, sampling_rate=rate, crop="center", return_tensors="np")
+        assert batches == [((4, 12, 2000), 250.0, names)]
+
+    reversed_leads = list(STANDARD_12_LEADS[::-1])
+    records = [batch[0], batch[1][:, :1500], batch[2], batch[3], 2 * batch[0]]
+    rates = [250, 250, 500, 250, 250]
+    leads = [STANDARD_12_LEADS, STANDARD_12_LEADS, STANDARD_12_LEADS, reversed_leads, STANDARD_12_LEADS]
+    batches.clear()
+    with pytest.warns(LeadOffWarning, match="record 2 of the batch"):
+        out = extractor(records, sampling_rate=rates, lead_names=leads, crop="center", return_tensors="np")
+    assert [(shape[0], rate, record_names) for shape, rate, record_names in batches] == [
+        (2, 250.0, ["record 0 of the batch", "record 4 of the batch"]),
+        (1, 250.0, ["record 1 of the batch"]),
+        (1, 500.0, ["record 2 of the batch"]),
+        (1, 250.0, ["record 3 of the batch"]),
+    ]
+    for b, (record, rate, record_leads) in enumerate(zip(records, rates, leads)):
+        alone, error, _ = _outputs_and_warnings(extractor, record, sampling_rate=rate, lead_names=record_leads,
+                                                crop="center")
+        assert error is None
+        for key, value in alone.items():
+            assert out[key][b].tobytes() == value[0].tobytes(), (b, key)
+
+    # a batch larger than BATCH_SAMPLES is cut into consecutive batches; the outputs stay those of one batch
+    with pytest.warns(LeadOffWarning, match="record 2 of the batch"):
+        whole = extractor(batch, sampling_rate=250, crop="random", seed=1, return_tensors="np")
+    monkeypatch.setattr(feature_extraction_ecg, "BATCH_SAMPLES", 3 * 12 * 2000)
+    batches.clear()
+    with pytest.warns(LeadOffWarning, match="record 2 of the batch"):
+        cut = extractor(batch, sampling_rate=250, crop="random", seed=1, return_tensors="np")
+    assert [(shape, record_names) for shape, _, record_names in batches] == [
+        ((3, 12, 2000), names[:3]),
+        ((1, 12, 2000), names[3:]),
+    ]
+    for key, value in whole.items():
+        assert cut[key].tobytes() == value.tobytes(), key
+
+
+def test_warnings_and_errors_come_in_the_order_of_the_records():
+    batch = _hostile_batch(3, 2000, seed=4)  # record 1 has a lead off
+    all_nan = np.full((12, 1000), np.nan, np.float32)
+    extractor = ECGFeatureExtractor(crop_length=1000)
+    # records 0 and 2 form one batch, record 1 another: record 1's error comes before record 2's warning
+    records = [batch[1], all_nan, batch[1]]
+    _, error, caught = _outputs_and_warnings(extractor, records, sampling_rate=[250, 500, 250])
+    assert error == "record 1 of the batch: every lead is entirely NaN/Inf; no usable signal"
+    assert [message for message, *_ in caught] == [
+        "record 0 of the batch: lead(s) ['aVR'] are flat (constant) over the whole record (lead off?); "
+        "they are marked absent in lead_mask"
+    ]
+    _, error, caught = _outputs_and_warnings(extractor, [batch[1], batch[0], batch[1]], sampling_rate=[250, 500, 250])
+    assert error is None
+    assert [message.split(":")[0] for message, *_ in caught] == ["record 0 of the batch", "record 2 of the batch"]
+    assert {filename for *_, filename, _ in caught} == {__file__}  # the caller's line, not the extractor's
