@@ -109,34 +109,28 @@ class ECGSEHRCollator:
     label_column: str | None = None
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        timelines = [list(r[self.events_column]) for r in rows]
-        reference_times = [row_time(r[self.time_column]) for r in rows]
         return _batch(self.processor, rows, self.sampling_rate, self.lead_names, self.crop, self.label_column,
-                      timelines=timelines, reference_times=reference_times)
+                      **self.code_timelines(rows))
+
+    def code_timelines(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        """The processor's `timelines` and `reference_times` of `rows`."""
+        return {"timelines": [list(r[self.events_column]) for r in rows],
+                "reference_times": [row_time(r[self.time_column]) for r in rows]}
 
 
 @dataclass
-class SEHRECGTextCollator:
+class SEHRECGTextCollator(ECGSEHRCollator):
     """Batches (sEHR, ECG, text) triplets for :class:`~cardiomm.SEHRECGTextModel` through an
     :class:`~cardiomm.SEHRECGTextProcessor`: the ECG inputs, the code timeline as for :class:`ECGSEHRCollator`
     (``ehr_*``) and the text (``text_column``) as ``input_ids``, ``attention_mask`` (+ ``token_type_ids``),
     truncated at the processor's ``max_text_length``."""
 
-    processor: Any
-    sampling_rate: float
-    lead_names: Sequence[str] | None = None
-    crop: str = "random"
-    events_column: str = "sehr_events"
-    time_column: str = "acquisition_time"
     text_column: str = "text"
-    label_column: str | None = None
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        timelines = [list(r[self.events_column]) for r in rows]
-        reference_times = [row_time(r[self.time_column]) for r in rows]
         text = [str(r[self.text_column] or "") for r in rows]
         return _batch(self.processor, rows, self.sampling_rate, self.lead_names, self.crop, self.label_column,
-                      timelines=timelines, reference_times=reference_times, text=text)
+                      **self.code_timelines(rows), text=text)
 
 
 __all__ = [

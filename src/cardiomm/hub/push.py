@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from ..processing.processing_ecg_sehr import CODE_TOKENIZER_FOLDER
 from ..processing.tokenization_medical_codes import VOCAB_FILES_NAMES as MEDICAL_CODE_VOCAB_FILES
 from .remote_code import remote_code_files
 
@@ -47,7 +48,7 @@ TOKENIZER_FILES: tuple[str, ...] = tuple(dict.fromkeys((
     *MEDICAL_CODE_VOCAB_FILES.values(),  # MedicalCodeTokenizer
 )))
 # folders a processor saves its second tokenizer in (ECGSEHRProcessor / SEHRECGTextProcessor: the code tokenizer)
-PROCESSOR_SUBFOLDERS: tuple[str, ...] = ("code_tokenizer",)
+PROCESSOR_SUBFOLDERS: tuple[str, ...] = (CODE_TOKENIZER_FOLDER,)
 MODEL_CARD = "README.md"
 TRAINING_CONFIG = "training_config.yaml"
 LOCAL_PATH_PLACEHOLDER = "<local>"
