@@ -20,6 +20,8 @@ from transformers.configuration_utils import SubConfigSpec
 from .configuration_ecg_encoder import ECGEncoderConfig
 
 PROJECTION_TYPES: tuple[str, ...] = ("mlp", "linear")
+# ECG heads of the dual encoders: the projection types, or MERL's attention pooling of a ResNet feature map
+ECG_PROJECTION_TYPES: tuple[str, ...] = PROJECTION_TYPES + ("attention_pool",)
 TOWER_POOLINGS: tuple[str, ...] = ("cls", "pooler", "mean")
 CONTRASTIVE_LOSSES: tuple[str, ...] = ("clip", "convirt")
 
@@ -102,12 +104,30 @@ class ECGDualEncoderConfig(ECGContrastiveConfig):
         unimodal_alignment (`bool`, defaults to `True`): Add MERL's uni-modal alignment loss.
         uma_dropout (`float`, defaults to 0.1): Dropout rate of each UMA view.
         uma_weight (`float`, defaults to 1.0): Weight of the UMA loss in the total loss.
+        uma_projection (`bool`, defaults to `False`):
+            Form each UMA view as `dropout(linear_k(latent))` with two bias-free linear layers
+            (`uma_projections`, latent -> `projection_dim`), as MERL's released code does, instead of dropout of
+            the latent itself (MERL's paper).
+        ecg_projection_type (`str`, *optional*):
+            ECG head; `None` follows `projection_type`. `"attention_pool"` is MERL's ResNet head: a 1x1 convolution
+            (`downconv`) of the ECG tower's feature map to `projection_dim` channels, then attention pooling (a
+            class token and learned position embeddings over `attention_pool_positions` positions, one
+            multi-head attention query with `attention_pool_heads` heads, a linear `c_proj`). The UMA latent is
+            then the time average of the `downconv` features. ResNet towers only.
+        attention_pool_heads (`int`, defaults to 4): Attention heads of the `"attention_pool"` head.
+        attention_pool_positions (`int`, defaults to 313): Feature-map positions the `"attention_pool"` head's
+            position embeddings cover: 313 for MERL's ResNets on 5000 samples. Other lengths interpolate them
+            linearly (exact only at that length).
     """
 
     convirt_lambda: int | float = 0.5
     unimodal_alignment: bool = True
     uma_dropout: int | float = 0.1
     uma_weight: int | float = 1.0
+    uma_projection: bool = False
+    ecg_projection_type: str | None = None
+    attention_pool_heads: int = 4
+    attention_pool_positions: int = 313
 
     @property
     def partner_modality(self) -> str:
@@ -125,12 +145,35 @@ class ECGDualEncoderConfig(ECGContrastiveConfig):
             raise ValueError(f"convirt_lambda must lie in [0, 1], got {self.convirt_lambda}.")
         if not 0.0 <= self.uma_dropout < 1.0:
             raise ValueError(f"uma_dropout must lie in [0, 1), got {self.uma_dropout}.")
+        if self.resolved_ecg_projection_type not in ECG_PROJECTION_TYPES:
+            raise ValueError(
+                f"ecg_projection_type must be one of {ECG_PROJECTION_TYPES} or None, got {self.ecg_projection_type!r}."
+            )
+        if self.resolved_ecg_projection_type == "attention_pool":
+            family = getattr(self.ecg_config, "backbone_family", None)
+            if family != "resnet1d":
+                raise ValueError(
+                    f"ecg_projection_type='attention_pool' pools a ResNet feature map; the ECG tower is {family!r}."
+                )
+            if self.projection_dim % self.attention_pool_heads != 0:
+                raise ValueError(
+                    f"projection_dim ({self.projection_dim}) must be a multiple of attention_pool_heads "
+                    f"({self.attention_pool_heads})."
+                )
+            if self.attention_pool_positions < 1:
+                raise ValueError(f"attention_pool_positions must be positive, got {self.attention_pool_positions}.")
+
+    @property
+    def resolved_ecg_projection_type(self) -> str:
+        """The ECG head: `ecg_projection_type`, or `projection_type` when that is unset."""
+        return self.ecg_projection_type if self.ecg_projection_type is not None else self.projection_type
 
 
 __all__ = [
     "ECGContrastiveConfig",
     "ECGDualEncoderConfig",
     "PROJECTION_TYPES",
+    "ECG_PROJECTION_TYPES",
     "TOWER_POOLINGS",
     "CONTRASTIVE_LOSSES",
 ]

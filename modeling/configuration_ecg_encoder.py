@@ -1,5 +1,5 @@
-"""Configuration of the ECG encoders: 1D ResNets (EHR-paper 8-conv ResNet, MERL ResNet18/34/50/101) and the
-lead-aware ViT of K-MERL.
+"""Configuration of the ECG encoders: 1D ResNets (EHR-paper 8-conv ResNet, MERL ResNet18/34/50/101), MERL's ViT
+and the lead-aware ViT of K-MERL.
 
 The architecture is chosen by one field, ``backbone``, naming an entry of :data:`ECG_ENCODER_PRESETS`. The
 preset supplies every architecture field the caller leaves unset; any field passed to the constructor overrides
@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 from transformers import PreTrainedConfig
 
 STANDARD_12_LEAD_NAMES: list[str] = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+# The lead order of MIMIC-IV-ECG, in which MERL was pretrained (aVF before aVL).
+MERL_LEAD_NAMES: list[str] = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 # Architecture presets as data. ``backbone_family`` selects the network type ("resnet1d" or "vit"); the other
 # keys are config fields. Fields of the other family stay ``None``.
@@ -27,6 +29,9 @@ STANDARD_12_LEAD_NAMES: list[str] = ["I", "II", "III", "aVR", "aVL", "aVF", "V1"
 #   length / 256 time steps.
 # resnet1d_18/34/50/101 -- MERL's 1D ResNets: torchvision's ResNet with Conv1d, stem conv k7 s2 (64 channels)
 #   without max-pool, basic blocks (18/34) or bottleneck blocks with expansion 4 (50/101), kernel 3.
+# merl_vit_tiny/small/middle/base -- MERL's ViT (not lead-aware): one Conv1d patch embedding (no bias) of
+#   patch_size 50 over all leads at once, learned position embeddings, pre-norm transformer layers (head size 64,
+#   MLP 4x, LayerNorm eps 1e-5), mean over the patch tokens followed by a LayerNorm.
 # vit_tiny/small/base -- K-MERL's lead-aware ViT: per-lead patches of 100 samples, shared linear patch
 #   projection, learnable lead embeddings + lead-agnostic temporal embeddings, pre-norm transformer layers,
 #   mean pooling over the tokens of present leads.
@@ -113,9 +118,49 @@ ECG_ENCODER_PRESETS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 12,
         "mlp_ratio": 4.0,
     },
+    "merl_vit_tiny": {
+        "backbone_family": "merl_vit",
+        "patch_size": 50,
+        "max_length": 5000,
+        "hidden_size": 192,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 3,
+        "mlp_ratio": 4.0,
+        "layer_norm_eps": 1e-5,
+    },
+    "merl_vit_small": {
+        "backbone_family": "merl_vit",
+        "patch_size": 50,
+        "max_length": 5000,
+        "hidden_size": 384,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 6,
+        "mlp_ratio": 4.0,
+        "layer_norm_eps": 1e-5,
+    },
+    "merl_vit_middle": {
+        "backbone_family": "merl_vit",
+        "patch_size": 50,
+        "max_length": 5000,
+        "hidden_size": 512,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "mlp_ratio": 4.0,
+        "layer_norm_eps": 1e-5,
+    },
+    "merl_vit_base": {
+        "backbone_family": "merl_vit",
+        "patch_size": 50,
+        "max_length": 5000,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "mlp_ratio": 4.0,
+        "layer_norm_eps": 1e-5,
+    },
 }
 
-BACKBONE_FAMILIES: tuple[str, ...] = ("resnet1d", "vit")
+BACKBONE_FAMILIES: tuple[str, ...] = ("resnet1d", "vit", "merl_vit")
 BLOCK_EXPANSION: dict[str, int] = {"basic": 1, "bottleneck": 4}
 
 # Names of the Conv1d / Linear modules LoRA can adapt, per backbone family (suffixes of module names, as
@@ -124,12 +169,14 @@ BLOCK_EXPANSION: dict[str, int] = {"basic": 1, "bottleneck": 4}
 LORA_TARGET_MODULES: dict[str, list[str]] = {
     "resnet1d": ["stem_conv", "conv1", "conv2", "conv3", "shortcut_conv"],
     "vit": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "merl_vit": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
 # Modules to train and save whole with a LoRA adapter (``LoraConfig(modules_to_save=...)``): the ResNets' batch
 # norms, whose running statistics move whenever the model trains (add "classifier" for a classification head).
 LORA_MODULES_TO_SAVE: dict[str, list[str]] = {
     "resnet1d": ["stem_bn", "bn1", "bn2", "bn3", "shortcut_bn"],
     "vit": [],
+    "merl_vit": [],
 }
 
 
@@ -140,8 +187,10 @@ class ECGEncoderConfig(PreTrainedConfig):
     Args:
         backbone (`str`, defaults to `"resnet1d_18"`):
             Name of an entry of `ECG_ENCODER_PRESETS` (`resnet1d_8`, `resnet1d_18`, `resnet1d_34`, `resnet1d_50`,
-            `resnet1d_101`, `vit_tiny`, `vit_small`, `vit_base`). Architecture fields left unset are taken from it.
-        backbone_family (`str`, *optional*): `"resnet1d"` or `"vit"` (from the preset).
+            `resnet1d_101`, `vit_tiny`, `vit_small`, `vit_base` (K-MERL's lead-aware ViT), `merl_vit_tiny`,
+            `merl_vit_small`, `merl_vit_middle`, `merl_vit_base` (MERL's ViT)). Architecture fields left unset are
+            taken from it.
+        backbone_family (`str`, *optional*): `"resnet1d"`, `"vit"` (lead-aware) or `"merl_vit"` (from the preset).
         num_leads (`int`, defaults to 12): Number of lead slots of `input_values` (batch, num_leads, time).
         lead_names (`list[str]`, *optional*): Name of each lead slot; defaults to the standard 12-lead order
             I, II, III, aVR, aVL, aVF, V1-V6.
@@ -155,13 +204,13 @@ class ECGEncoderConfig(PreTrainedConfig):
         stage_depths (`list[int]`, *optional*): Number of residual blocks per stage.
         stage_kernel_sizes (`list[int]`, *optional*): Kernel size of the main convolutions of each stage.
         stage_strides (`list[int]`, *optional*): Stride of the first block of each stage.
-        patch_size (`int`, *optional*): ViT patch length in samples (100 in K-MERL).
+        patch_size (`int`, *optional*): ViT patch length in samples (100 in K-MERL, 50 in MERL).
         max_length (`int`, *optional*): Longest input the ViT accepts, in samples (a multiple of `patch_size`).
         num_hidden_layers (`int`, *optional*), num_attention_heads (`int`, *optional*),
         mlp_ratio (`float`, *optional*): ViT depth, heads and MLP width / hidden size.
         dropout (`float`, defaults to 0.0): ViT dropout on embeddings, attention output and MLP.
         attention_dropout (`float`, defaults to 0.0): ViT dropout on attention probabilities.
-        layer_norm_eps (`float`, defaults to 1e-6): ViT LayerNorm epsilon.
+        layer_norm_eps (`float`, *optional*): ViT LayerNorm epsilon (the preset's; 1e-6 when it names none).
         initializer_range (`float`, defaults to 0.02): Std of the truncated normal init of linear layers and
             embeddings.
         classifier_head (`str`, defaults to `"linear"`): `"linear"` (one linear layer, linear probing) or `"mlp"`
@@ -208,7 +257,7 @@ class ECGEncoderConfig(PreTrainedConfig):
     mlp_ratio: int | float | None = None
     dropout: int | float = 0.0
     attention_dropout: int | float = 0.0
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float | None = None
     initializer_range: float = 0.02
     # classification head
     classifier_head: str = "linear"
@@ -226,6 +275,8 @@ class ECGEncoderConfig(PreTrainedConfig):
             value = getattr(self, key)
             if value is not None:
                 setattr(self, key, list(value))
+        if self.layer_norm_eps is None:
+            self.layer_norm_eps = 1e-6
         if self.lead_names is None:
             self.lead_names = (
                 list(STANDARD_12_LEAD_NAMES) if self.num_leads == 12 else [f"lead_{i}" for i in range(self.num_leads)]
@@ -277,6 +328,7 @@ __all__ = [
     "ECG_ENCODER_PRESETS",
     "LORA_MODULES_TO_SAVE",
     "LORA_TARGET_MODULES",
+    "MERL_LEAD_NAMES",
     "STANDARD_12_LEAD_NAMES",
 ]
 

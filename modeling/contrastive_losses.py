@@ -20,7 +20,7 @@ ECGs (Jeong et al.) and SupCon (Khosla et al. 2020).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +182,7 @@ def unimodal_alignment_loss(
     projector: Callable[[Tensor], Tensor] | None = None,
     training: bool = True,
     gather: bool = True,
+    view_projections: Sequence[Callable[[Tensor], Tensor]] | None = None,
 ) -> Tensor:
     """MERL uni-modal alignment (UMA): two independent dropout views of the ECG latent, contrasted.
 
@@ -198,9 +199,17 @@ def unimodal_alignment_loss(
         projector: optional module applied to each view after dropout (e.g. the ECG projection head).
         training: apply dropout (pass ``self.training``); without it both views equal ``latent``.
         gather: use the negatives of every process when running distributed.
+        view_projections: two modules, one per view, applied to the latent *before* dropout: MERL's released code
+            forms the views as ``dropout(linear_1(z))`` and ``dropout(linear_2(z))``.
     """
-    view_1 = F.dropout(latent, p=dropout_p, training=training)
-    view_2 = F.dropout(latent, p=dropout_p, training=training)
+    if view_projections is not None:
+        if len(view_projections) != 2:
+            raise ValueError(f"view_projections needs one module per view (2), got {len(view_projections)}")
+        view_1 = F.dropout(view_projections[0](latent), p=dropout_p, training=training)
+        view_2 = F.dropout(view_projections[1](latent), p=dropout_p, training=training)
+    else:
+        view_1 = F.dropout(latent, p=dropout_p, training=training)
+        view_2 = F.dropout(latent, p=dropout_p, training=training)
     if projector is not None:
         view_1, view_2 = projector(view_1), projector(view_2)
     scale = logit_scale if logit_scale is not None else 1.0 / temperature

@@ -73,6 +73,72 @@ def build_projection(
     return nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
+class ECGAttentionPoolProjection(nn.Module):
+    """MERL's ECG head for ResNets: a 1x1 convolution (`downconv`) of the feature map to `projection_dim` channels,
+    then attention pooling (CLIP's `AttentionPool2d` in 1D): a class token attends, as the only query, to itself and
+    every position, with learned position embeddings; `c_proj` maps the result to the ECG embedding.
+
+    As in MERL, the class token receives the first position embedding twice (once on its own, once with the
+    sequence). The position embeddings cover `num_positions` feature-map positions (313 for MERL's ResNets on 5000
+    samples); a feature map of another length gets them interpolated linearly, which is exact only at that length.
+    Positions marked absent in `position_mask` (padding) are not attended to and not averaged.
+
+    Returns the ECG embedding (batch, projection_dim), not normalised, and the UMA latent: the (masked) time average
+    of the `downconv` features.
+    """
+
+    def __init__(self, in_channels: int, projection_dim: int, num_heads: int, num_positions: int) -> None:
+        super().__init__()
+        self.num_positions = num_positions
+        self.downconv = nn.Conv1d(in_channels, projection_dim, kernel_size=1)
+        self.class_embedding = nn.Parameter(torch.empty(projection_dim))
+        self.position_embedding = nn.Parameter(torch.empty(num_positions + 1, projection_dim))
+        self.attention = nn.MultiheadAttention(projection_dim, num_heads, batch_first=True)
+        self.c_proj = nn.Linear(projection_dim, projection_dim)
+
+    def position_embeddings_for(self, length: int) -> torch.Tensor:
+        """The class position embedding followed by `length` sequence position embeddings."""
+        if length == self.num_positions:
+            return self.position_embedding
+        sequence = F.interpolate(
+            self.position_embedding[1:].T[None], size=length, mode="linear", align_corners=False
+        )[0].T
+        return torch.cat([self.position_embedding[:1], sequence], dim=0)
+
+    def forward(
+        self, features: torch.Tensor, position_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features`: the tower's feature map as a sequence (batch, time', channels); `position_mask`: (batch,
+        time') bool, True where a position sees a recorded sample."""
+        hidden = self.downconv(features.transpose(1, 2)).transpose(1, 2)  # (batch, time', projection_dim)
+        if position_mask is None:
+            latent = hidden.mean(dim=1)
+        else:
+            weights = position_mask.to(hidden.dtype)[:, :, None]
+            latent = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        positions = self.position_embeddings_for(hidden.shape[1]).to(hidden.dtype)
+        class_token = (self.class_embedding + positions[0]).expand(hidden.shape[0], 1, -1)
+        tokens = torch.cat([class_token, hidden], dim=1) + positions
+        key_padding_mask = None
+        if position_mask is not None and not bool(position_mask.all()):
+            key_padding_mask = torch.cat([position_mask.new_ones(position_mask.shape[0], 1), position_mask], dim=1)
+            key_padding_mask = ~key_padding_mask
+        pooled, _ = self.attention(tokens[:, :1], tokens, tokens, key_padding_mask=key_padding_mask,
+                                   need_weights=False)
+        return self.c_proj(pooled[:, 0]), latent
+
+
+def build_ecg_head(config: PreTrainedConfig) -> nn.Module:
+    """The ECG head of a dual encoder: [`ECGAttentionPoolProjection`] for `ecg_projection_type="attention_pool"`,
+    else [`build_projection`] of the tower's pooled output."""
+    ecg_config = config.ecg_config
+    if getattr(config, "resolved_ecg_projection_type", config.projection_type) == "attention_pool":
+        return ECGAttentionPoolProjection(
+            ecg_config.hidden_size, config.projection_dim, config.attention_pool_heads, config.attention_pool_positions
+        )
+    return build_projection(ecg_config.hidden_size, config, "ecg")
+
+
 def pool_token_states(
     outputs: ModelOutput, attention_mask: torch.Tensor | None, pooling: str, tower: str
 ) -> torch.Tensor:
@@ -113,8 +179,19 @@ class ECGContrastivePreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Projection linears: normal with std `in_features ** -0.5` (CLIP's projection init), biases 0;
-        batch norms: weight 1, bias 0, running statistics 0 / 1 / 0; `logit_scale`: `logit_scale_init_value`."""
-        if isinstance(module, nn.Linear):
+        batch norms: weight 1, bias 0, running statistics 0 / 1 / 0; attention pooling: `downconv` and the
+        embeddings normal with std `channels ** -0.5`, attention input projection Xavier-uniform (torch's),
+        biases 0; `logit_scale`: `logit_scale_init_value`."""
+        if isinstance(module, ECGAttentionPoolProjection):
+            width = module.class_embedding.shape[0]
+            init.normal_(module.downconv.weight, std=module.downconv.in_channels**-0.5)
+            init.zeros_(module.downconv.bias)
+            init.normal_(module.class_embedding, std=width**-0.5)
+            init.normal_(module.position_embedding, std=width**-0.5)
+        elif isinstance(module, nn.MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+        elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -302,12 +379,23 @@ class ECGContrastiveModel(ECGContrastivePreTrainedModel):
             return_dict: return a `ModelOutput` (default) or a tuple.
         """
         outputs = self.encode_ecg(input_values, lead_mask, time_mask, output_hidden_states=output_hidden_states)
-        outputs.pooler_output = self.project_ecg(outputs.pooler_output)
+        outputs.pooler_output = self.project_ecg_output(outputs, time_mask)[0]
         return outputs if return_dict_of(self.config, return_dict) else outputs.to_tuple()
 
-    def project_ecg(self, ecg_latent: torch.Tensor) -> torch.Tensor:
-        """The ECG latent in the model's ECG embedding space (the joint space for a dual encoder)."""
-        return self.ecg_projection(ecg_latent)
+    def project_ecg_output(
+        self, ecg_outputs: ECGEncoderOutput, time_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ECG tower's output in the model's ECG embedding space (the joint space for a dual encoder), not
+        normalised, and the ECG latent MERL's uni-modal alignment contrasts: the tower's `pooler_output` through
+        `ecg_projection` and that `pooler_output`; with MERL's attention-pooling head, the head's embedding of the
+        feature map and the time average of its `downconv` features."""
+        if isinstance(self.ecg_projection, ECGAttentionPoolProjection):
+            features = ecg_outputs.last_hidden_state
+            position_mask = None
+            if time_mask is not None:
+                position_mask = self.ecg_model.encoder.downsample_time_mask(time_mask, features.shape[1])
+            return self.ecg_projection(features, position_mask)
+        return self.ecg_projection(ecg_outputs.pooler_output), ecg_outputs.pooler_output
 
     def get_partner_features(
         self,
@@ -379,11 +467,23 @@ class ECGDualEncoderModel(ECGContrastiveModel):
     ) -> None:
         partner = config.partner_modalities[0]
         super().__init__(config, ecg_model=ecg_model, partner_models={partner: partner_model})
-        self.ecg_projection = build_projection(config.ecg_config.hidden_size, config, "ecg")
+        self.ecg_projection = build_ecg_head(config)
         partner_hidden = getattr(config, f"{partner}_config").hidden_size
         setattr(self, f"{partner}_projection", build_projection(partner_hidden, config, partner))
+        if config.unimodal_alignment and config.uma_projection:
+            latent_size = (
+                config.projection_dim if isinstance(self.ecg_projection, ECGAttentionPoolProjection)
+                else config.ecg_config.hidden_size
+            )
+            self.uma_projections = nn.ModuleList(
+                [nn.Linear(latent_size, config.projection_dim, bias=False) for _ in range(2)]
+            )
         self.init_logit_scale()
         self.post_init()
+
+    def uma_view_projections(self) -> nn.ModuleList | None:
+        """MERL's per-view UMA linear layers (`uma_projection=True`), else `None`."""
+        return getattr(self, "uma_projections", None)
 
     @property
     def partner_modality(self) -> str:
@@ -406,14 +506,22 @@ class ECGDualEncoderModel(ECGContrastiveModel):
         return_loss: bool = True,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        partner_pooled: torch.Tensor | None = None,
     ) -> DualEncoderPass:
-        """Embeddings, logits (built once) and losses of a batch of ECG–partner pairs."""
+        """Embeddings, logits (built once) and losses of a batch of ECG–partner pairs.
+
+        `partner_pooled` (batch, partner hidden): the partner tower's pooled output, precomputed (a tower frozen
+        whole always gives the same one); when given, the partner tower is not run and `partner_inputs` are
+        ignored.
+        """
         ecg_outputs = self.encode_ecg(input_values, lead_mask, time_mask, **tower_options(output_hidden_states))
-        partner_pooled, partner_outputs = self.encode_partner(
-            self.partner_modality, partner_inputs, **tower_options(output_hidden_states, output_attentions)
-        )
-        ecg_latent = ecg_outputs.pooler_output
-        ecg_embeds = F.normalize(self.ecg_projection(ecg_latent), dim=-1)
+        partner_outputs = None
+        if partner_pooled is None:
+            partner_pooled, partner_outputs = self.encode_partner(
+                self.partner_modality, partner_inputs, **tower_options(output_hidden_states, output_attentions)
+            )
+        ecg_projected, ecg_latent = self.project_ecg_output(ecg_outputs, time_mask)
+        ecg_embeds = F.normalize(ecg_projected, dim=-1)
         partner_embeds = F.normalize(getattr(self, f"{self.partner_modality}_projection")(partner_pooled), dim=-1)
 
         logit_scale = self.scale()
@@ -427,7 +535,7 @@ class ECGDualEncoderModel(ECGContrastiveModel):
             if self.config.unimodal_alignment:
                 uma = unimodal_alignment_loss(
                     ecg_latent, dropout_p=self.config.uma_dropout, logit_scale=logit_scale, training=self.training,
-                    gather=True,
+                    gather=True, view_projections=self.uma_view_projections(),
                 )
                 loss = loss + self.config.uma_weight * uma
         return DualEncoderPass(
@@ -558,6 +666,8 @@ def forward_without_padding(
 __all__ = [
     "MAX_LOGIT_SCALE",
     "build_projection",
+    "build_ecg_head",
+    "ECGAttentionPoolProjection",
     "pool_token_states",
     "forward_without_padding",
     "ECGContrastivePreTrainedModel",

@@ -1,4 +1,5 @@
-"""ECG encoders: 1D ResNets (EHR-paper 8-conv ResNet, MERL ResNet18/34/50/101) and K-MERL's lead-aware ViT.
+"""ECG encoders: 1D ResNets (EHR-paper 8-conv ResNet, MERL ResNet18/34/50/101), MERL's ViT and K-MERL's lead-aware
+ViT.
 
 Inputs are ``input_values`` of shape (batch, num_leads, time) in the lead order of ``config.lead_names``, an
 optional ``lead_mask`` (batch, num_leads), True where the lead was recorded, and an optional ``time_mask``
@@ -16,6 +17,11 @@ than the crop).
   average pooling K-MERL feeds to its projector; there is no CLS token). Outputs therefore do not depend on the
   values of absent leads. Patches without any recorded sample (``time_mask``) are excluded in the same way. Any
   input length that is a multiple of ``patch_size`` up to ``max_length`` works.
+* MERL's ViT (``merl_vit_*``) is not lead-aware: one Conv1d patch embedding reads all leads of a patch at once
+  (absent leads enter as zeros, as for the ResNets), learned position embeddings are added, and ``pooler_output``
+  is a LayerNorm of the mean of the final patch tokens. MERL trained it on 5000 samples; shorter inputs (a
+  multiple of ``patch_size``) use the first position embeddings. Patches without a recorded sample are excluded
+  from attention and pooling.
 """
 
 from __future__ import annotations
@@ -42,15 +48,17 @@ class ECGEncoderOutput(ModelOutput):
         last_hidden_state (`torch.FloatTensor`):
             ResNet: final feature map as a sequence, shape (batch, time', channels) with time' = time / total
             stride. ViT: final token states after the last LayerNorm, shape (batch, num_leads * num_patches,
-            hidden_size), lead-major order.
+            hidden_size), lead-major order. MERL ViT: final patch-token states (before the LayerNorm, which MERL
+            applies to their mean), shape (batch, num_patches, hidden_size).
         pooler_output (`torch.FloatTensor` of shape (batch, hidden_size)):
-            ECG embedding: global average over time (ResNet) or mean over the tokens of present leads (ViT).
+            ECG embedding: global average over time (ResNet), mean over the tokens of present leads (ViT) or
+            LayerNorm of the mean patch token (MERL ViT).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
             ResNet: output of the stem (if any) and of each stage, each (batch, time_i, channels_i).
             ViT: the embeddings and the output of each layer, each (batch, num_tokens, hidden_size).
         token_mask (`torch.BoolTensor` of shape (batch, num_tokens), *optional*):
-            ViT only, returned when `lead_mask` or `time_mask` is given (without them every token is attended):
-            True for tokens of present leads and recorded samples (use as key padding mask over
+            ViTs only, returned when `lead_mask` or `time_mask` is given (MERL ViT: `time_mask`; without them every
+            token is attended): True for tokens of present leads and recorded samples (use as key padding mask over
             `last_hidden_state`).
     """
 
@@ -432,6 +440,71 @@ class ECGLeadViT(nn.Module):
         )
 
 
+class ECGConvPatchViT(nn.Module):
+    """MERL's ViT: Conv1d patch embedding over all leads, learned position embeddings, pre-norm transformer layers,
+    LayerNorm of the mean patch token (the order MERL uses: mean first, then the norm)."""
+
+    def __init__(self, config: ECGEncoderConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.max_length = config.max_length
+        self.patch_embedding = nn.Conv1d(
+            config.num_leads, config.hidden_size, config.patch_size, stride=config.patch_size, bias=False
+        )
+        self.position_embeddings = nn.Parameter(torch.empty(config.max_length // config.patch_size, config.hidden_size))
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([ECGViTLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        lead_mask: torch.Tensor | None,
+        output_hidden_states: bool,
+        time_mask: torch.Tensor | None = None,
+    ) -> ECGEncoderOutput:
+        batch_size, _, length = input_values.shape
+        if length % self.patch_size != 0 or length > self.max_length:
+            raise ValueError(
+                f"MERL ViT input length must be a multiple of patch_size={self.patch_size} and at most "
+                f"max_length={self.max_length} samples; got {length}."
+            )
+        if lead_mask is not None:
+            input_values = torch.where(lead_mask[:, :, None], input_values, 0.0)
+        if time_mask is not None:  # padded samples enter the patch embedding as zeros
+            input_values = input_values * time_mask[:, None, :].to(input_values.dtype)
+        num_patches = length // self.patch_size
+        hidden_states = self.patch_embedding(input_values).transpose(1, 2) + self.position_embeddings[:num_patches]
+        hidden_states = self.dropout(hidden_states)
+        token_mask = attention_mask = None
+        if time_mask is not None:  # a patch without any recorded sample is padding
+            token_mask = time_mask.bool().reshape(batch_size, num_patches, -1).any(dim=-1)
+            attention_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]
+        all_hidden_states = [hidden_states] if output_hidden_states else []
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+        if token_mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = token_mask.to(hidden_states.dtype)[:, :, None]
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return ECGEncoderOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=self.layernorm(pooled),
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            token_mask=token_mask,
+        )
+
+
+ECG_ENCODER_NETWORKS: dict[str, type[nn.Module]] = {
+    "resnet1d": ECGResNet1d,
+    "vit": ECGLeadViT,
+    "merl_vit": ECGConvPatchViT,
+}
+
+
 class ECGClassificationHead(nn.Module):
     """Linear probe, or the EHR paper's MLP (hidden sizes 128, 64; ReLU; dropout 0.2) followed by a linear layer."""
 
@@ -488,6 +561,8 @@ class ECGEncoderPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ECGViTEmbeddings):
             init.trunc_normal_(module.lead_embeddings, std=std, a=-2 * std, b=2 * std)
             init.trunc_normal_(module.temporal_embeddings, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, ECGConvPatchViT):
+            init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
         elif isinstance(module, ECGClassificationHead):
             for layer in module.hidden_layers:
                 if isinstance(layer, nn.Linear):
@@ -527,7 +602,7 @@ class ECGEncoderModel(ECGEncoderPreTrainedModel):
 
     def __init__(self, config: ECGEncoderConfig) -> None:
         super().__init__(config)
-        self.encoder = ECGResNet1d(config) if config.backbone_family == "resnet1d" else ECGLeadViT(config)
+        self.encoder = ECG_ENCODER_NETWORKS[config.backbone_family](config)
         self.post_init()
 
     def forward(

@@ -124,7 +124,7 @@ class ECGTextDualEncoder(ECGDualEncoderModel):
     def forward(
         self,
         input_values: torch.Tensor,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         lead_mask: torch.Tensor | None = None,
@@ -133,6 +133,7 @@ class ECGTextDualEncoder(ECGDualEncoderModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        text_pooler_output: torch.Tensor | None = None,
     ) -> ECGTextOutput | tuple:
         """
         Args:
@@ -147,11 +148,18 @@ class ECGTextDualEncoder(ECGDualEncoderModel):
             output_hidden_states / output_attentions (`bool`, *optional*): also return the towers' hidden states
                 (both towers) / attentions (text tower), in `ecg_model_output` / `text_model_output`.
             return_dict (`bool`, *optional*): return an [`ECGTextOutput`] instead of a tuple.
+            text_pooler_output (`torch.FloatTensor` of shape (batch, text hidden size), *optional*): the text
+                tower's pooled output (what `text_pooling` selects), precomputed, in place of `input_ids`: a text
+                tower frozen whole (`freeze_text_layers=-1`) gives every report the same one at every step, so it
+                can be computed once (cardiomm's text-feature cache). The text tower is then not run and
+                `text_model_output` is `None`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (text_pooler_output is None):
+            raise ValueError("Pass exactly one of input_ids (reports) and text_pooler_output (precomputed).")
         text_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         pair = self.forward_pair(input_values, text_inputs, lead_mask, time_mask, return_loss,
-                                 output_hidden_states, output_attentions)
+                                 output_hidden_states, output_attentions, partner_pooled=text_pooler_output)
         output = ECGTextOutput(
             loss=pair.loss,
             contrastive_loss=pair.contrastive_loss,

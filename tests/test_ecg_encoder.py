@@ -41,6 +41,11 @@ PRESET_PARAMETERS = {
     "vit_tiny": 5_370_048,
     "vit_small": 21_356_928,
     "vit_base": 85_181_184,
+    # MERL's ViT: patch conv 12*50*w + 100 positions*w + 12 pre-norm layers (MLP 4w) + final LayerNorm
+    "merl_vit_tiny": 5_473_152,
+    "merl_vit_small": 21_563_136,
+    "merl_vit_middle": 38_188_032,
+    "merl_vit_base": 85_593_600,
 }
 
 
@@ -124,6 +129,13 @@ def test_preset_output_shapes_and_parameter_counts(backbone: str) -> None:
         assert out.last_hidden_state.shape == (2, 12 * 10, config.hidden_size)
         assert len(out.hidden_states) == config.num_hidden_layers + 1
         assert out.token_mask is None  # no lead_mask / time_mask: every token is attended
+    elif config.backbone_family == "merl_vit":
+        assert out.last_hidden_state.shape == (2, 1000 // 50, config.hidden_size)
+        assert len(out.hidden_states) == config.num_hidden_layers + 1
+        assert out.token_mask is None
+        pooled = model.encoder.layernorm(out.last_hidden_state.mean(dim=1))  # mean first, then the norm
+        assert torch.allclose(out.pooler_output, pooled, atol=1e-5)
+        return
     else:
         total_stride = (config.stem_stride if config.stem_channels else 1) * math.prod(config.stage_strides)
         assert out.last_hidden_state.shape == (2, math.ceil(1000 / total_stride), config.hidden_size)

@@ -55,6 +55,11 @@ def vit_config(**overrides) -> ECGEncoderConfig:
                             intermediate_size=37, patch_size=50, max_length=TIME, num_labels=NUM_LABELS, **overrides)
 
 
+def merl_vit_config(**overrides) -> ECGEncoderConfig:
+    return ECGEncoderConfig(backbone="merl_vit_tiny", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            patch_size=50, max_length=TIME, num_labels=NUM_LABELS, **overrides)
+
+
 def sehr_bert_config(**overrides) -> SEHRBertConfig:
     fields = dict(vocab_size=CODE_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=37, max_position_embeddings=32, max_time_weeks=30)
@@ -69,6 +74,18 @@ def text_config() -> BertConfig:
 def ecg_text_config() -> ECGTextDualEncoderConfig:
     return ECGTextDualEncoderConfig(ecg_config=vit_config(), text_config=text_config(), projection_dim=16,
                                     projection_hidden_size=24)
+
+
+def merl_resnet_text_config() -> ECGTextDualEncoderConfig:
+    """MERL's ResNet head (1x1 conv + attention pooling) and its UMA view projections."""
+    return ECGTextDualEncoderConfig(ecg_config=resnet_config(), text_config=text_config(), projection_dim=16,
+                                    projection_hidden_size=24, ecg_projection_type="attention_pool",
+                                    attention_pool_positions=TIME // 256 + 1, uma_projection=True)
+
+
+def merl_vit_text_config() -> ECGTextDualEncoderConfig:
+    return ECGTextDualEncoderConfig(ecg_config=merl_vit_config(), text_config=text_config(), projection_dim=16,
+                                    projection_hidden_size=24, uma_projection=True)
 
 
 def ecg_sehr_config() -> ECGSEHRDualEncoderConfig:
@@ -226,6 +243,13 @@ class ECGEncoderViTModelTest(ECGEncoderResNetModelTest):
     skipped_tests = {"test_model_get_set_embeddings": NO_TOKEN_EMBEDDINGS}
 
 
+class ECGEncoderMERLViTModelTest(ECGEncoderResNetModelTest):
+    get_config = staticmethod(merl_vit_config)
+    seq_length = TIME // 50
+    expected_num_hidden_layers = None
+    skipped_tests = {"test_model_get_set_embeddings": NO_TOKEN_EMBEDDINGS}
+
+
 class ECGTextDualEncoderModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
     all_model_classes = (ECGTextDualEncoder,)
     get_config = staticmethod(ecg_text_config)
@@ -234,6 +258,14 @@ class ECGTextDualEncoderModelTest(CardiommModelTest, ModelTesterMixin, unittest.
     test_resize_embeddings = False  # the vocabulary is the text tower's (its config's vocab_size): resize the tower
     has_attentions = False  # the ECG tower returns no attention weights
     skipped_tests = COMPOSITE_SKIPS
+
+
+class MERLResNetTextDualEncoderModelTest(ECGTextDualEncoderModelTest):
+    get_config = staticmethod(merl_resnet_text_config)
+
+
+class MERLViTTextDualEncoderModelTest(ECGTextDualEncoderModelTest):
+    get_config = staticmethod(merl_vit_text_config)
 
 
 class SEHRBertModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
