@@ -69,6 +69,8 @@ class ModelCardInfo:
     license: str = "apache-2.0"
     base_model: str | list[str] | None = None
     tags: list[str] = field(default_factory=lambda: ["cardiomm", "ecg", "cardiology"])
+    #: further variables of the template (e.g. the source file of a converted checkpoint)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def input_format_from_feature_extractor(feature_extractor: Any) -> dict[str, str]:
@@ -132,6 +134,7 @@ def render_model_card(info: ModelCardInfo, feature_extractor: Any = None, templa
         eval_protocol=info.eval_protocol,
         limitations=info.limitations,
         citation=info.citation or "Please cite the papers of the methods this checkpoint implements.",
+        **info.extra,
     )
 
 
