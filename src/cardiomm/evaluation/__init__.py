@@ -12,6 +12,16 @@ from .linear_probe import (
     align_label_columns,
     linear_probe,
 )
+from .merl_protocol import (
+    MERLClassificationMetrics,
+    MERLProbeResult,
+    MERLZeroShotResult,
+    evaluate_merl_protocol,
+    load_merl_prompts,
+    merl_classification_metrics,
+    merl_linear_probe,
+    merl_zero_shot,
+)
 from .metrics import ClassificationMetrics, classification_metrics, macro_auroc, max_f1
 from .ood import RelativeMahalanobis, ood_auroc, rejection_rate, relative_mahalanobis
 from .plots import plot_roc_curves
@@ -31,18 +41,26 @@ __all__ = [
     "ClassificationMetrics",
     "LinearProbeResult",
     "LinearProbeRun",
+    "MERLClassificationMetrics",
+    "MERLProbeResult",
+    "MERLZeroShotResult",
     "RelativeMahalanobis",
     "ZeroShotResult",
     "aggregate_windows",
     "align_label_columns",
     "class_text_embeddings",
     "classification_metrics",
+    "evaluate_merl_protocol",
     "l2_normalize",
     "linear_probe",
+    "load_merl_prompts",
     "load_results",
     "macro_auroc",
     "max_f1",
     "median_percentile_rank",
+    "merl_classification_metrics",
+    "merl_linear_probe",
+    "merl_zero_shot",
     "ood_auroc",
     "percentile_ranks",
     "plot_roc_curves",
