@@ -91,7 +91,7 @@ def test_shipped_configs_load_and_name_lookup() -> None:
         exp = load_config(name)
         assert exp.model["type"] == "ecg_text_dual_encoder"
     assert load_config("merl_resnet18").model["ecg"]["backbone"] == "resnet1d_18"
-    assert load_config("merl_vit_tiny").model["ecg"]["backbone"] == "vit_tiny"
+    assert load_config("merl_vit_tiny").model["ecg"]["backbone"] == "merl_vit_tiny"
     with pytest.raises(FileNotFoundError, match="merl_tiny"):
         resolve_config_path("no_such_experiment")
 

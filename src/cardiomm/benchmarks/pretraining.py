@@ -148,6 +148,7 @@ def experiment_for(variant: PretrainingVariant, data_path: str | os.PathLike, ba
     training.log_with = []
     training.warmup_steps = 0
     training.warmup_ratio = 0.0
+    training.text_feature_cache = "off"  # the variants time the text tower on tokenised reports
     return experiment
 
 
@@ -462,6 +463,292 @@ def benchmark_pretraining(
     return rows
 
 
+# ------------------------------------------------------------------------------ comparison with a plain PyTorch step
+COMPARISON_VARIANTS: tuple[str, ...] = (
+    "reference", "cardiomm tokenised", "cardiomm text cache", "cardiomm text cache bf16",
+)
+"""The MERL-ResNet18 training steps :func:`benchmark_reference_comparison` times (see its docstring)."""
+
+QUICK_TEXT_CONFIG: dict[str, Any] = {
+    "model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "max_position_embeddings": 512,
+}
+"""The text tower of ``--quick`` comparisons (toy size; 512 positions so that reports padded to 256 tokens fit)."""
+
+REFERENCE_TEXT_LENGTH: int = 256
+"""The reference step pads (and truncates) every report to this many tokens, as the public MERL code does."""
+
+
+def _plain_resnet18_1d(in_channels: int) -> Any:
+    """A 1D ResNet18 feature extractor written out in plain PyTorch: a stride-2 7-tap stem convolution to 64
+    channels, then four stages of two basic blocks (two 3-tap convolutions with batch norm and an identity or 1x1
+    shortcut) with 64, 128, 256 and 512 channels and strides 1, 2, 2, 2. Returns the (batch, 512, length / 16)
+    feature map."""
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+            super().__init__()
+            self.first = nn.Sequential(nn.Conv1d(inputs, outputs, 3, stride, 1, bias=False), nn.BatchNorm1d(outputs),
+                                       nn.ReLU())
+            self.second = nn.Sequential(nn.Conv1d(outputs, outputs, 3, 1, 1, bias=False), nn.BatchNorm1d(outputs))
+            self.shortcut: nn.Module = nn.Identity()
+            if stride != 1 or inputs != outputs:
+                self.shortcut = nn.Sequential(nn.Conv1d(inputs, outputs, 1, stride, bias=False),
+                                              nn.BatchNorm1d(outputs))
+
+        def forward(self, x: Any) -> Any:
+            return (self.second(self.first(x)) + self.shortcut(x)).relu()
+
+    layers: list[nn.Module] = [nn.Conv1d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm1d(64), nn.ReLU()]
+    width = 64
+    for channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(width, channels, stride), BasicBlock(channels, channels, 1)]
+        width = channels
+    return nn.Sequential(*layers)
+
+
+def _feature_map_length(length: int) -> int:
+    """Positions of the plain ResNet18's feature map for ``length`` samples (five halvings, rounding up)."""
+    for _ in range(4):  # the stem and the three strided stages
+        length = (length - 1) // 2 + 1
+    return length
+
+
+def reference_merl_model(text_config: dict[str, Any], length: int = 5000, num_leads: int = 12,
+                         projection_dim: int = 256, hidden: int = 256, heads: int = 4, dropout: float = 0.1,
+                         temperature: float = 0.07) -> Any:
+    """A MERL-ResNet18 model in plain PyTorch (no cardiomm code), whose ``forward(ecg, input_ids, attention_mask)``
+    returns the training loss: the plain ResNet18, a 1x1 convolution to ``projection_dim`` channels, attention
+    pooling (a learned query and learned positions, one multi-head attention, an output linear) for the ECG
+    embedding; the time-average of the reduced feature map through two bias-free linears with dropout for the two
+    uni-modal views; a ``transformers`` ``BertModel`` of ``text_config`` run under ``torch.no_grad`` (pooler
+    output) and a Linear-GELU-Linear text head; CLIP loss (temperature 0.07) of ECG against text plus the same loss
+    between the two views."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from transformers import BertConfig, BertModel
+
+    def clip_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / temperature
+        target = torch.arange(len(a), device=a.device)
+        return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+
+    class ReferenceMERL(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            config = {k: v for k, v in text_config.items() if k != "model_type"}
+            positions = _feature_map_length(length)
+            self.ecg_encoder = _plain_resnet18_1d(num_leads)
+            self.reduce = nn.Conv1d(512, projection_dim, 1)
+            self.query = nn.Parameter(torch.randn(projection_dim))
+            self.positions = nn.Parameter(torch.randn(positions + 1, projection_dim) / projection_dim)
+            self.attention = nn.MultiheadAttention(projection_dim, heads, batch_first=True)
+            self.pool_output = nn.Linear(projection_dim, projection_dim)
+            self.view_a = nn.Linear(projection_dim, projection_dim, bias=False)
+            self.view_b = nn.Linear(projection_dim, projection_dim, bias=False)
+            self.dropout = nn.Dropout(dropout)
+            self.text_encoder = BertModel(BertConfig(**config))
+            self.text_head = nn.Sequential(nn.Linear(self.text_encoder.config.hidden_size, hidden), nn.GELU(),
+                                           nn.Linear(hidden, projection_dim))
+
+        def forward(self, ecg: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            features = self.reduce(self.ecg_encoder(ecg))  # (batch, dim, positions)
+            tokens = features.transpose(1, 2)
+            query = (self.query + self.positions[0]).expand(len(ecg), 1, -1)
+            sequence = torch.cat([query, tokens], dim=1) + self.positions[: tokens.shape[1] + 1]
+            pooled = self.attention(sequence[:, :1], sequence, sequence, need_weights=False)[0][:, 0]
+            ecg_embedding = self.pool_output(pooled)
+            latent = features.mean(dim=-1)
+            unimodal = clip_loss(self.dropout(self.view_a(latent)), self.dropout(self.view_b(latent)))
+            with torch.no_grad():
+                text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+            return clip_loss(ecg_embedding, self.text_head(text)) + unimodal
+
+    return ReferenceMERL()
+
+
+def _comparison_experiment(data_path: str | os.PathLike, output_dir: str | os.PathLike, batch_size: int,
+                           max_steps: int, length: int, quick: bool) -> Any:
+    """The shipped ``merl_resnet18`` experiment as the benchmark runs it (fp32, text tower frozen whole)."""
+    experiment = experiment_for(PretrainingVariant("resnet18", "no", "dynamic", -1, "mimic"), data_path, batch_size,
+                                max_steps, output_dir)
+    experiment.data["crop_length"] = length
+    if quick:
+        experiment.model["text_config"] = dict(QUICK_TEXT_CONFIG)
+    return experiment
+
+
+def _mimic_rows(train: Any, batch_size: int, steps: int, column: str) -> tuple[list[Any], list[str]]:
+    """The first ``batch_size * steps`` training ECGs (cycling) and their reports extended to MIMIC length."""
+    import numpy as np
+
+    reports = mimic_length_reports(list(train.with_format(None)[column]))
+    index = [i % len(train) for i in range(batch_size * steps)]
+    ecgs = [np.asarray(train[i]["ecg"], dtype=np.float32) for i in sorted(set(index))]
+    by_row = dict(zip(sorted(set(index)), ecgs))
+    return [by_row[i] for i in index], [reports[i] for i in index]
+
+
+def time_comparison_variant(variant: str, data_path: str | os.PathLike, batch_size: int = 32, steps: int = 3,
+                            warmup: int = 1, num_threads: int | None = 2, length: int = 5000,
+                            quick: bool = False) -> dict[str, Any]:
+    """Train ``warmup + steps`` steps of one of :data:`COMPARISON_VARIANTS` in this process; the step times of the
+    last ``steps``, the last loss, and for the cached variant the seconds spent computing the cache."""
+    import numpy as np
+    import torch
+
+    from cardiomm.training.loop import TrainingLoop
+    from cardiomm.training.objectives import build_run
+
+    if variant not in COMPARISON_VARIANTS:
+        raise ValueError(f"variant must be one of {COMPARISON_VARIANTS}, got {variant!r}")
+    if warmup < 1 or steps < 1:
+        raise ValueError("the comparison needs at least one warm-up step and one timed step")
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    total = warmup + steps
+    with tempfile.TemporaryDirectory() as output_dir:
+        experiment = _comparison_experiment(data_path, output_dir, batch_size, total, length, quick)
+        torch.manual_seed(0)
+        run = build_run(experiment)  # text_feature_cache is off: the cache is built below, on the longer reports
+        column = run.collate_fn.text_column
+        if variant == "reference":
+            run.model = None  # only its data, tokenizer and settings are used
+            return _time_reference(run, experiment, batch_size, steps, warmup, length, column)
+        longer = mimic_length_reports(list(run.train_dataset.with_format(None)[column]))
+        train = run.train_dataset.remove_columns(column).add_column(column, longer).with_format("numpy")
+        collate_fn, cache_seconds, cached_reports = run.collate_fn, float("nan"), 0
+        if variant.startswith("cardiomm text cache"):
+            from cardiomm.data.collators import ECGTextFeatureCollator
+            from cardiomm.training.text_feature_cache import TextFeatureCache
+
+            start = time.perf_counter()
+            cache = TextFeatureCache.build(run.model, run.processor, longer, Path(output_dir) / "text_feature_cache",
+                                           batch_size=batch_size, progress=False)
+            cache_seconds, cached_reports = time.perf_counter() - start, len(cache)
+            collate_fn = ECGTextFeatureCollator.from_text_collator(run.collate_fn, cache)
+        if variant.endswith("bf16"):
+            experiment.training.mixed_precision = "bf16"
+        stamps: list[float] = []
+        losses: list[float] = []
+        loop = TrainingLoop(run.model, experiment, train, collate_fn=collate_fn,
+                            on_step_end=lambda state: stamps.append(time.perf_counter()))
+        model = loop.accelerator.unwrap_model(loop.model)
+        model.register_forward_hook(lambda module, args, output: losses.append(float(output["loss"].detach())))
+        stamps.append(time.perf_counter())
+        loop.train()
+    durations = np.diff(stamps[: total + 1]).tolist()
+    return {"variant": variant, "steps": durations[warmup:], "final_loss": losses[total - 1],
+            "cache_seconds": cache_seconds, "cached_reports": cached_reports}
+
+
+def _time_reference(run: Any, experiment: Any, batch_size: int, steps: int, warmup: int, length: int,
+                    column: str) -> dict[str, Any]:
+    """The plain PyTorch step on the rows the cardiomm variants train on: the ECGs held in memory after a
+    per-record min-max scaling (not timed, like a data loader's work ahead of the step); each timed step stacks
+    the batch, tokenises its reports padded to 256 tokens, runs forward and backward and an AdamW step."""
+    import numpy as np
+    import torch
+
+    ecgs, reports = _mimic_rows(run.train_dataset, batch_size, warmup + steps, column)
+    scaled = []
+    for ecg in ecgs:
+        ecg = ecg[:, :length]
+        low, high = ecg.min(), ecg.max()
+        scaled.append((ecg - low) / (high - low + 1e-8))
+    text_config = experiment.model.get("text_config") or BERT_BASE_TEXT_CONFIG
+    model = reference_merl_model(text_config, length=length, num_leads=scaled[0].shape[0]).train()
+    training = experiment.training
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
+    tokenizer = run.tokenizer
+    durations, loss_value = [], float("nan")
+    for step in range(warmup + steps):
+        rows = slice(step * batch_size, (step + 1) * batch_size)
+        start = time.perf_counter()
+        ecg = torch.from_numpy(np.stack(scaled[rows]))
+        tokens = tokenizer(reports[rows], padding="max_length", truncation=True, max_length=REFERENCE_TEXT_LENGTH,
+                           return_tensors="pt")
+        loss = model(ecg, tokens["input_ids"], tokens["attention_mask"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        durations.append(time.perf_counter() - start)
+        loss_value = float(loss.detach())
+    return {"variant": "reference", "steps": durations[warmup:], "final_loss": loss_value,
+            "cache_seconds": float("nan"), "cached_reports": 0}
+
+
+def _run_comparison_in_fresh_process(kwargs: dict[str, Any]) -> dict[str, Any]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(time_comparison_variant, **kwargs).result()
+
+
+def benchmark_reference_comparison(
+    batch_size: int = 32,
+    steps: int = 3,
+    warmup: int = 1,
+    rounds: int = 1,
+    num_threads: int | None = 2,
+    length: int = 5000,
+    quick: bool = False,
+    data_path: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Time, in one run, MERL-ResNet18 training steps (fp32 unless named) on the same synthetic ECGs with reports
+    extended to MIMIC-IV-ECG length (:func:`mimic_length_reports`):
+
+    * ``reference`` -- the public implementation's step written in plain PyTorch (:func:`reference_merl_model`,
+      no cardiomm code): reports tokenised and padded to 256 tokens, a BERT-base-shaped text tower run under
+      ``torch.no_grad`` on all of them, CLIP + UMA loss, AdamW; the ECGs are already in memory and scaled;
+    * ``cardiomm tokenised`` -- ``cardiomm pretrain`` of the shipped ``merl_resnet18`` experiment with the text
+      tower frozen whole (``freeze_text_layers: -1``) and ``text_feature_cache: off``: each batch is read from the
+      dataset, preprocessed and tokenised by the collator, and the frozen tower runs on it;
+    * ``cardiomm text cache`` -- the same run training from the text feature cache
+      (:mod:`cardiomm.training.text_feature_cache`): the tower ran once per distinct report before training (its
+      cost is the ``cache_s`` column, for ``cached_reports`` reports), and never during the steps;
+    * ``cardiomm text cache bf16`` -- the same under the training loop's bf16 autocast (``mixed_precision:
+      bf16``; `mixed_precision: auto` picks it on a GPU that has bf16, on a CPU it must be asked for).
+
+    The cardiomm steps are timed from the end of one optimiser step to the end of the next (data loading,
+    preprocessing and gradient clipping included); the reference step from stacking its batch to the end of its
+    AdamW step. Each variant runs ``rounds`` times in a fresh process with ``num_threads`` threads (the variants
+    alternating); ``warmup`` untimed steps start every run. ``quick`` shrinks the text tower to a toy BERT and runs
+    the variants in this process (a smoke test of the benchmark, not a measurement). One row per variant:
+    ``pairs_per_s`` (batch size / median step time), ``vs_reference`` and ``vs_cardiomm_tokenised`` (ratios of
+    ``pairs_per_s``).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepare_data(data_path or Path(tmp) / "synthetic", n_patients=max(20, batch_size))
+        results: dict[str, list[dict[str, Any]]] = {v: [] for v in COMPARISON_VARIANTS}
+        for _ in range(rounds):
+            for variant in COMPARISON_VARIANTS:
+                kwargs = {"variant": variant, "data_path": str(data), "batch_size": batch_size, "steps": steps,
+                          "warmup": warmup, "num_threads": num_threads, "length": length, "quick": quick}
+                # a quick run only checks the benchmark: it saves the fresh processes' start-up
+                result = time_comparison_variant(**kwargs) if quick else _run_comparison_in_fresh_process(kwargs)
+                results[variant].append(result)
+    speed = {v: batch_size / statistics.median(s for r in rs for s in r["steps"]) for v, rs in results.items()}
+    rows = []
+    for variant, runs in results.items():
+        cache_seconds = [r["cache_seconds"] for r in runs]
+        rows.append({
+            "variant": variant,
+            "pairs_per_s": speed[variant],
+            "vs_reference": speed[variant] / speed["reference"],
+            "vs_cardiomm_tokenised": speed[variant] / speed["cardiomm tokenised"],
+            "step_s": batch_size / speed[variant],
+            "timed_steps": sum(len(r["steps"]) for r in runs),
+            "batch": batch_size,
+            "ecg_samples": length,
+            "text_tower": "toy" if quick else "bert-base",
+            "cache_s": statistics.median(cache_seconds),
+            "cached_reports": runs[-1]["cached_reports"],
+            "final_loss": runs[-1]["final_loss"],
+        })
+    return rows
+
+
 def _parse_variant(text: str) -> PretrainingVariant:
     """``model/precision/padding/freeze/reports``, e.g. ``resnet18/bf16/dynamic/-1/mimic`` (freeze ``file``:
     the experiment file's)."""
@@ -494,7 +781,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--check-numerics", action="store_true",
                         help="also compare the loss and gradients of one batch in fp32 and bf16 autocast")
+    parser.add_argument("--compare-reference", action="store_true",
+                        help="instead of the variants: a plain PyTorch MERL-ResNet18 step against cardiomm's step "
+                             "with the frozen text tower and from the text feature cache (fp32; --batch-size, "
+                             "--steps, --warmup, --rounds, --num-threads (default 2), --length, --quick apply)")
+    parser.add_argument("--length", type=int, default=5000, help="ECG samples of the comparison (12 x LENGTH)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the comparison with a toy text tower (checks that it runs; not a measurement)")
     args = parser.parse_args(argv)
+    if args.compare_reference:
+        rows = benchmark_reference_comparison(
+            batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+            num_threads=2 if args.num_threads is None else args.num_threads, length=args.length, quick=args.quick,
+            data_path=args.data,
+        )
+        print(format_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return
     variants = [_parse_variant(v) for v in args.variants] if args.variants else list(DEFAULT_VARIANTS)
     if args.models:
         variants = [v for v in variants if v.model in args.models]

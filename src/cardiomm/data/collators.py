@@ -25,15 +25,40 @@ def stack_ecg(rows: Sequence[Mapping[str, Any]], column: str = "ecg") -> np.ndar
     return np.stack([np.asarray(r[column], dtype=np.float32) for r in rows])
 
 
-def with_recorded_leads(batch: dict[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def with_recorded_leads(
+    batch: dict[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    lead_names: Sequence[str] | None = None,
+    processor: Any = None,
+) -> dict[str, Any]:
     """``batch`` with its ``lead_mask`` (leads with signal) AND-ed with the rows' ``lead_mask`` column (leads
-    the dataset recorded), per window when the processor cut windows."""
+    the dataset recorded), per window when the processor cut windows.
+
+    The column is in the dataset's lead order (``lead_names``); the batch is in the processor's. When both are
+    known and differ (e.g. a model pretrained with aVF before aVL), the column is matched to the batch by lead name;
+    a lead of the processor the dataset does not have counts as not recorded.
+    """
     lead_mask = torch.as_tensor(batch["lead_mask"]).bool()
     if "lead_mask" in rows[0]:
         recorded = torch.as_tensor(np.stack([np.asarray(r["lead_mask"], dtype=bool) for r in rows]))
+        target = processor_lead_names(processor)
+        if lead_names is not None and target is not None and list(lead_names) != list(target):
+            from ..processing.ecg_records import canonical_lead_name
+
+            position = {canonical_lead_name(name): i for i, name in enumerate(lead_names)}
+            order = [position.get(canonical_lead_name(name)) for name in target]
+            recorded = torch.stack([recorded[:, i] if i is not None else torch.zeros(len(rows), dtype=torch.bool)
+                                    for i in order], dim=1)
         lead_mask = lead_mask & (recorded[:, None, :] if lead_mask.ndim == 3 else recorded)
     batch["lead_mask"] = lead_mask
     return batch
+
+
+def processor_lead_names(processor: Any) -> list[str] | None:
+    """The lead order of a processor's (or feature extractor's) ``input_values``, if it has one."""
+    extractor = getattr(processor, "feature_extractor", processor)
+    names = getattr(extractor, "lead_names", None)
+    return list(names) if names is not None else None
 
 
 def row_labels(rows: Sequence[Mapping[str, Any]], column: str) -> torch.Tensor:
@@ -51,7 +76,7 @@ def _batch(preprocess: Any, rows: Sequence[Mapping[str, Any]], sampling_rate: fl
     """``preprocess(ecg=..., **modalities)`` on the rows, with the dataset's recorded leads and labels."""
     out = preprocess(ecg=stack_ecg(rows), sampling_rate=sampling_rate, lead_names=lead_names, crop=crop,
                      return_tensors="pt", **modalities)
-    batch = with_recorded_leads(dict(out), rows)
+    batch = with_recorded_leads(dict(out), rows, lead_names, preprocess)
     if label_column is not None:
         batch["labels"] = row_labels(rows, label_column)
     return batch
@@ -92,6 +117,35 @@ class ECGTextCollator:
         text = [str(r[self.text_column] or "") for r in rows]
         return _batch(self.processor, rows, self.sampling_rate, self.lead_names, self.crop, self.label_column,
                       text=text, padding=self.padding)
+
+
+@dataclass
+class ECGTextFeatureCollator:
+    """Batches (ECG, report) rows for a dual encoder whose text tower is frozen whole: the ECG inputs exactly as
+    :class:`ECGTextCollator` makes them, and instead of tokenised reports ``text_pooler_output`` (batch, hidden),
+    each row's report feature looked up in ``text_features`` (a
+    :class:`~cardiomm.training.text_feature_cache.TextFeatureCache`, or any object whose ``lookup(reports)``
+    returns them)."""
+
+    processor: Any
+    sampling_rate: float
+    text_features: Any
+    lead_names: Sequence[str] | None = None
+    crop: str = "random"
+    text_column: str = "report"
+    label_column: str | None = None
+
+    @classmethod
+    def from_text_collator(cls, collator: ECGTextCollator, text_features: Any) -> ECGTextFeatureCollator:
+        """The collator that batches ECGs as ``collator`` does, with the report features of ``text_features``."""
+        return cls(collator.processor, collator.sampling_rate, text_features, lead_names=collator.lead_names,
+                   crop=collator.crop, text_column=collator.text_column, label_column=collator.label_column)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        text = [str(r[self.text_column] or "") for r in rows]
+        batch = _batch(self.processor, rows, self.sampling_rate, self.lead_names, self.crop, self.label_column)
+        batch["text_pooler_output"] = self.text_features.lookup(text)
+        return batch
 
 
 @dataclass
@@ -137,6 +191,7 @@ __all__ = [
     "ECGCollator",
     "ECGSEHRCollator",
     "ECGTextCollator",
+    "ECGTextFeatureCollator",
     "SEHRECGTextCollator",
     "row_labels",
     "row_time",

@@ -13,11 +13,13 @@ from .config import ExperimentConfig, TrainingConfig, load_config, save_config
 from .loop import TrainingLoop, TrainingState, TrainResult
 from .sampling import EpochShuffleSampler
 from .optimization import PlateauScheduleWithWarmup, build_lr_scheduler, build_optimizer, decay_parameter_names
+from .text_feature_cache import TextFeatureCache
 
 __all__ = [
     "EpochShuffleSampler",
     "ExperimentConfig",
     "PlateauScheduleWithWarmup",
+    "TextFeatureCache",
     "TrainResult",
     "TrainingConfig",
     "TrainingLoop",

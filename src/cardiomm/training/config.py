@@ -32,6 +32,7 @@ import yaml
 CONFIG_SECTIONS = ("model", "data", "evaluation", "training")
 LR_SCHEDULES = ("cosine", "constant", "plateau")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+TEXT_FEATURE_CACHE = ("auto", "off")
 
 
 @dataclass
@@ -48,6 +49,10 @@ class TrainingConfig:
     ``accelerate launch`` configured). ``eval_every_steps: null`` evaluates at the end of every epoch.
     Every random draw of a run derives from ``seed`` (the weights do not depend on ``num_workers``); ``resume_from``
     is ``"latest"`` (the newest intact checkpoint of ``output_dir``) or a checkpoint folder.
+    ``text_feature_cache`` (ECG–text objective): ``auto`` trains from the text tower's pooled outputs computed once
+    per dataset when the whole tower is frozen (``freeze_text_layers: -1``; see
+    :mod:`~cardiomm.training.text_feature_cache`), ``off`` runs the tower on tokenised reports at every step. The
+    cache lives in ``text_feature_cache_dir`` (default ``<output_dir>/text_feature_cache``).
     """
 
     output_dir: str = "outputs/run"
@@ -86,8 +91,13 @@ class TrainingConfig:
     resume_from: str | None = None
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     run_name: str = "cardiomm"
+    # ECG–text objective: train from cached text features when the text tower is frozen whole
+    text_feature_cache: str | bool = "auto"
+    text_feature_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.text_feature_cache, bool):  # YAML reads an unquoted off / on as a boolean
+            self.text_feature_cache = "auto" if self.text_feature_cache else "off"
         if isinstance(self.log_with, str):
             self.log_with = [] if self.log_with in ("", "none") else [self.log_with]
         self.log_with = [name for name in (self.log_with or []) if name not in ("", "none")]
@@ -108,6 +118,8 @@ class TrainingConfig:
             (self.keep_last is None or self.keep_last >= 1, "keep_last must be >= 1 (or null to keep all)"),
             (self.save_every_steps is None or self.save_every_steps >= 1, "save_every_steps must be >= 1"),
             (self.eval_every_steps is None or self.eval_every_steps >= 1, "eval_every_steps must be >= 1"),
+            (self.text_feature_cache in TEXT_FEATURE_CACHE,
+             f"text_feature_cache must be one of {TEXT_FEATURE_CACHE}, got {self.text_feature_cache!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -24,6 +24,12 @@ picks the objective. Every objective plugs into the one :class:`~cardiomm.traini
     normalization: zscore
     max_text_length: 256
 
+With the whole text tower frozen (``freeze_text_layers: -1``) and ``training.text_feature_cache: auto`` (the
+default), the run trains from the tower's pooled outputs computed once for the reports of the training and
+evaluation splits (:mod:`~cardiomm.training.text_feature_cache`; the
+:class:`~cardiomm.data.collators.ECGTextFeatureCollator` batches them as ``text_pooler_output``) instead of running
+the tower at every step.
+
 ``model.type`` ``ecg_sehr_dual_encoder``, ``sehr_ecg_text`` and ``sehr_bert`` (the structured-EHR models of the
 EHR paper) are described in :func:`build_ecg_sehr_run`, :func:`build_sehr_ecg_text_run` and
 :func:`build_sehr_bert_run`.
@@ -38,14 +44,15 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.collators import ECGTextCollator
+from ..data.collators import ECGTextCollator, ECGTextFeatureCollator
 from ..data.ecg_dataset import ECGDatasetInfo
 from .config import ExperimentConfig, check_keys, config_class_parameters
 from .experiment_data import ExperimentData, check_synthetic_section, load_experiment_data
+from .text_feature_cache import TextFeatureCache, default_cache_dir, report_texts
 
 OFFLINE_MINILM = "offline-minilm"
 
@@ -107,7 +114,7 @@ def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: Experiment
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
 
     feature_extractor = ECGFeatureExtractor(
-        lead_names=info.lead_names,
+        lead_names=model.config.ecg_config.lead_names,  # the model's lead order; the collator names the data's
         sampling_rate=data.get("sampling_rate", info.sampling_rate),
         normalization=data.get("normalization", "zscore"),
         crop_length=data.get("crop_length", 2500),
@@ -121,7 +128,33 @@ def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: Experiment
     train = dataset[data.get("train_split", "train")].select_columns(columns).with_format("numpy")
     eval_split = data.get("eval_split", "validation")
     evaluation = dataset[eval_split].select_columns(columns).with_format("numpy") if eval_split in dataset else None
-    return PretrainingRun(model, feature_extractor, tokenizer, train, evaluation, collator, info, processor)
+    collate_fn: Any = collator
+    training = experiment.training
+    if training.text_feature_cache == "auto" and model.text_tower_frozen:
+        cache_dir = training.text_feature_cache_dir or default_cache_dir(training.output_dir)
+        collate_fn = text_feature_collator(
+            model, collator, [train, evaluation], cache_dir,
+            batch_size=training.per_device_eval_batch_size or training.per_device_batch_size,
+        )
+    return PretrainingRun(model, feature_extractor, tokenizer, train, evaluation, collate_fn, info, processor)
+
+
+def text_feature_collator(model: Any, collator: ECGTextCollator, splits: Sequence[Any], cache_dir: str | os.PathLike,
+                          batch_size: int = 64, progress: bool = True) -> ECGTextFeatureCollator:
+    """The collator of a dual encoder whose text tower is frozen whole: ``collator``'s ECG batches with the text
+    features of every report of ``splits`` (datasets with ``collator.text_column``; ``None`` entries skipped),
+    read from or computed into ``cache_dir`` (:class:`~cardiomm.training.text_feature_cache.TextFeatureCache`).
+    Prints one line saying which cache file the run trains from."""
+    texts: list[str] = []
+    for split in splits:
+        if split is not None:
+            texts += report_texts(split.with_format(None)[collator.text_column])
+    cache = TextFeatureCache.build(model, collator.processor, texts, cache_dir, batch_size=batch_size,
+                                   progress=progress)
+    how = "computed" if cache.computed else "loaded"
+    print(f"text tower frozen whole: training from cached text features ({how}, {len(cache)} reports): {cache.path}",
+          flush=True)
+    return ECGTextFeatureCollator.from_text_collator(collator, cache)
 
 
 # ------------------------------------------------------------------------------ structured EHR (Lalam et al.)
@@ -154,7 +187,7 @@ def _paired_splits(pairs: Any, data: dict[str, Any], columns: list[str]) -> tupl
     """Training and evaluation splits of a paired ``DatasetDict``: ECG arrays as numpy, the rest as Python."""
     def view(split: Any) -> Any:
         return split.select_columns(columns).with_format("numpy", columns=["ecg", "lead_mask"],
-                                                          output_all_columns=True)
+                                                         output_all_columns=True)
 
     train = view(pairs[data.get("train_split", "train")])
     eval_split = data.get("eval_split", "validation")
