@@ -412,3 +412,37 @@ def test_embed_ecgs_prepares_inputs_with_the_processor_and_passes_the_time_mask(
     seen.clear()  # test-time windows: one time mask per window
     embed_ecgs(model, extractor, dataset, sampling_rate=500, crop="windows", progress=False)
     assert seen[0]["time_mask"].shape == (6, 600) and seen[0]["time_mask"].sum(-1).tolist() == [500, 300] * 3
+
+
+def test_embed_ecgs_matches_dataset_leads_to_a_model_in_another_lead_order() -> None:
+    """A model pretrained in MERL's lead order (aVF before aVL) embedding a dataset in the standard order: with the
+    dataset's lead names, signal and recorded-lead mask reach the model in the model's order."""
+    import torch
+    from datasets import Dataset
+
+    from cardiomm import ECGEncoderConfig, ECGEncoderModel, ECGFeatureExtractor
+    from cardiomm.data.collators import ECGCollator
+    from cardiomm.evaluation.embeddings import embed_ecgs
+    from cardiomm.modeling.configuration_ecg_encoder import MERL_LEAD_NAMES, STANDARD_12_LEAD_NAMES
+
+    torch.manual_seed(0)
+    model = ECGEncoderModel(ECGEncoderConfig(backbone="resnet1d_8", lead_names=MERL_LEAD_NAMES)).eval()
+    extractor = ECGFeatureExtractor(lead_names=MERL_LEAD_NAMES, sampling_rate=500, crop_length=1000)
+    ecg = np.random.default_rng(1).standard_normal((2, 12, 1000)).astype(np.float32)  # standard order
+    recorded = np.ones((2, 12), dtype=bool)
+    recorded[1, 4] = False  # ECG 1 has no aVL (index 4 in the standard order, 5 in MERL's)
+    dataset = Dataset.from_dict({"ecg": ecg, "lead_mask": recorded}).with_format("numpy")
+    seen: list[dict] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+
+    embed_ecgs(model, extractor, dataset, sampling_rate=500, progress=False, lead_names=STANDARD_12_LEAD_NAMES)
+    swapped = ecg[:, [0, 1, 2, 3, 5, 4, 6, 7, 8, 9, 10, 11]]
+    expected = extractor(swapped, sampling_rate=500, crop="center")["input_values"]
+    torch.testing.assert_close(seen[0]["input_values"], expected)
+    assert seen[0]["lead_mask"][1].tolist() == [True] * 5 + [False] + [True] * 6  # aVL is slot 5 for the model
+
+    # the training collator matches the dataset's lead mask the same way
+    batch = ECGCollator(extractor, sampling_rate=500, lead_names=STANDARD_12_LEAD_NAMES, crop="center")(
+        [dict(ecg=ecg[i], lead_mask=recorded[i]) for i in range(2)])
+    assert batch["lead_mask"][1].tolist() == [True] * 5 + [False] + [True] * 6
+    torch.testing.assert_close(batch["input_values"], expected)

@@ -111,8 +111,8 @@ def run_quickstart(
     write_model_card(ckpt, _card(run, report, result.global_step), run.feature_extractor)
     reloaded = AutoModel.from_pretrained(ckpt, trust_remote_code=True).eval()
     probe = dataset["test"].select(range(min(16, len(dataset["test"]))))
-    before = embed_ecgs(model, run.processor, probe, info.sampling_rate, progress=False)
-    after = embed_ecgs(reloaded, run.processor, probe, info.sampling_rate, progress=False)
+    before = embed_ecgs(model, run.processor, probe, info.sampling_rate, progress=False, lead_names=info.lead_names)
+    after = embed_ecgs(reloaded, run.processor, probe, info.sampling_rate, progress=False, lead_names=info.lead_names)
     max_diff = float(np.abs(before - after).max())
     report.results["reload_max_abs_diff"] = max_diff
 

@@ -42,11 +42,15 @@ def embed_ecgs(
     crop: str = "center",
     normalize: bool = True,
     progress: bool = True,
+    lead_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Embed every ECG of ``dataset`` (rows with ``ecg`` and ``lead_mask``): returns (N, D) float32.
 
     ``processor`` is the model's processor (called as ``processor(ecg=...)``) or its ``ECGFeatureExtractor``; the
-    dataset's recorded leads are AND-ed into its ``lead_mask``, and its ``time_mask`` reaches the model. Uses
+    dataset's recorded leads are AND-ed into its ``lead_mask``, and its ``time_mask`` reaches the model.
+    ``lead_names`` names the rows of the dataset's ``ecg`` (its ``ECGDatasetInfo.lead_names``): they are matched
+    by name to the processor's lead order (a model pretrained in another order, e.g. MERL's aVF before aVL, gets
+    its own); ``None`` means the rows already are in the processor's order. Uses
     ``model.get_ecg_features`` when the model has it (dual encoders), else the encoder's ``pooler_output``. With
     ``crop="windows"`` each record's embedding is the median over its windows.
     """
@@ -57,8 +61,9 @@ def embed_ecgs(
     for start in tqdm(range(0, len(dataset), batch_size), desc="embedding ECGs", disable=not progress, leave=False):
         rows = dataset[start:start + batch_size]
         rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
-        inputs = processor(ecg=stack_ecg(rows), sampling_rate=sampling_rate, crop=crop, return_tensors="pt")
-        batch = with_recorded_leads(dict(inputs), rows)
+        names = {} if lead_names is None else {"lead_names": list(lead_names)}
+        inputs = processor(ecg=stack_ecg(rows), sampling_rate=sampling_rate, crop=crop, return_tensors="pt", **names)
+        batch = with_recorded_leads(dict(inputs), rows, lead_names, processor)
         x, mask = batch["input_values"].to(device), batch["lead_mask"].to(device)
         time_mask = batch["time_mask"].to(device)
         embed = partial(embed_ecg, time_mask=time_mask)

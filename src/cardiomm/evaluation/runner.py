@@ -185,12 +185,15 @@ def evaluate_ecg_text_model(
     report = EvaluationReport(results={"protocol": PROTOCOL, "crop": crop, "tasks": {}})
     rate = info.sampling_rate
     test = dataset["test"]
-    zs_embeddings = embed_ecgs(model, processor, test, rate, batch_size, crop, progress=progress)
-    gallery = embed_ecgs(model, processor, dataset["train"], rate, batch_size, crop, progress=progress)
+    leads = info.lead_names
+    zs_embeddings = embed_ecgs(model, processor, test, rate, batch_size, crop, progress=progress, lead_names=leads)
+    gallery = embed_ecgs(model, processor, dataset["train"], rate, batch_size, crop, progress=progress,
+                         lead_names=leads)
     encode_text = text_encoder(model, processor)
     encoders = {"pretrained": _ECGTower(model), **{k: _ECGTower(v) for k, v in (baselines or {}).items()}}
     probe_features = {
-        name: {split: embed_ecgs(enc, processor, dataset[split], rate, batch_size, crop, progress=progress)
+        name: {split: embed_ecgs(enc, processor, dataset[split], rate, batch_size, crop, progress=progress,
+                                 lead_names=leads)
                for split in ("train", "validation", "test")}
         for name, enc in encoders.items()
     }
