@@ -1,4 +1,5 @@
-"""The ``cardiomm`` command line: data, pretraining, evaluation, Hub upload, benchmarks and the quickstart."""
+"""The ``cardiomm`` command line: data, pretraining, evaluation, Hub upload, benchmarks, the quickstart and the
+conversion of original research checkpoints."""
 
 from __future__ import annotations
 
@@ -80,6 +81,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.data, num_records=args.num_records, num_proc=args.num_proc, batch_size=args.batch_size,
             num_workers=args.num_workers, min_seconds=args.min_seconds,
         ), floatfmt=".4g"))
+    elif args.what == "pretraining":
+        from .benchmarks.pretraining import benchmark_reference_comparison
+
+        print(format_table(benchmark_reference_comparison(
+            batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+            num_threads=args.num_threads, length=args.length, quick=args.quick, data_path=args.data,
+        )))
     return 0
 
 
@@ -96,17 +104,45 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data.ecg_dataset import load_ecg_dataset
     from .evaluation.checkpoint import load_ecg_text_checkpoint
+    from .evaluation.merl_protocol import (
+        combined_markdown,
+        evaluate_merl_protocol,
+        load_merl_prompts,
+        merl_markdown,
+        write_combined_results,
+    )
     from .evaluation.runner import evaluate_ecg_text_model
 
+    if args.prompts is not None:
+        if args.protocol == "cardiomm":
+            raise ValueError("--prompts sets the prompts of the MERL protocol: add --protocol merl or --protocol both")
+        load_merl_prompts(args.prompts)  # a bad prompt file fails before the model is loaded
+    if args.protocol != "cardiomm":
+        bad = [r for r in args.probe_ratios if not 1 <= r <= 100]
+        if bad or args.probe_epochs < 1:
+            raise ValueError(f"--probe-ratios are whole percentages from 1 to 100 and --probe-epochs is at least 1; "
+                             f"got ratios {args.probe_ratios} and {args.probe_epochs} epochs")
     model, processor = load_ecg_text_checkpoint(args.model, trust_remote_code=args.trust_remote_code)
     dataset, info = load_ecg_dataset(args.data)
     dataset = DatasetDict({k: v.with_format("numpy") for k, v in dataset.items()})
-    report = evaluate_ecg_text_model(
-        model, processor, dataset, info, tasks=args.tasks or None,
-        out_dir=args.out, crop=args.crop,
-    )
-    print(report.markdown())
-    print(f"results written to {args.out} (results.json, results.md, roc_zero_shot_<task>.png)")
+    report = merl = None
+    if args.protocol in ("cardiomm", "both"):
+        report = evaluate_ecg_text_model(
+            model, processor, dataset, info, tasks=args.tasks or None,
+            out_dir=args.out, crop=args.crop,
+        )
+    if args.protocol in ("merl", "both"):
+        merl = evaluate_merl_protocol(
+            model, processor, dataset, info, tasks=args.tasks or None, prompts=args.prompts,
+            ratios=args.probe_ratios, epochs=args.probe_epochs, out_dir=args.out if report is None else None,
+        )
+    if report is not None and merl is not None:
+        write_combined_results(report, merl, args.out)
+        print(combined_markdown(report, merl))
+    else:
+        print(report.markdown() if report is not None else merl_markdown(merl))
+    pngs = ", roc_zero_shot_<task>.png" if report is not None else ""
+    print(f"results written to {args.out} (results.json, results.md{pngs})")
     return 0
 
 
@@ -135,8 +171,18 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .conversion.merl import convert_merl_checkpoint
+
+    result = convert_merl_checkpoint(args.checkpoint, args.out, tokenizer=args.tokenizer,
+                                     text_model_name=args.text_model_name)
+    print(result.describe())
+    return 0
+
+
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    """``cardiomm bench encoders|synthetic|data-loading``: defaults run the full benchmark; the options shrink it."""
+    """``cardiomm bench encoders|synthetic|data-loading|pretraining``: defaults run the full benchmark; the options
+    shrink it."""
     from .modeling.configuration_ecg_encoder import ECG_ENCODER_PRESETS
 
     bench = sub.add_parser("bench", help="speed benchmarks (print a table)",
@@ -177,6 +223,25 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--num-workers", type=int, default=2, help="DataLoader workers")
     load.add_argument("--min-seconds", type=float, default=4.0,
                       help="measure each loader for at least this long (whole passes; 0: one pass)")
+
+    pre = kinds.add_parser(
+        "pretraining",
+        help="MERL-ResNet18 training step in fp32: plain PyTorch reference, cardiomm with the frozen text tower, "
+             "cardiomm from the text feature cache",
+        description="Time, in one run and each in a fresh process, a MERL-ResNet18 training step (fp32, reports of "
+                    "MIMIC-IV-ECG length, BERT-base-shaped text tower frozen whole) written in plain PyTorch as the "
+                    "public implementation does it, cardiomm's step running the frozen text tower on tokenised "
+                    "reports, and cardiomm's step from the text feature cache; prints pairs/s and the ratios.",
+    )
+    pre.add_argument("--batch-size", type=int, default=32, help="ECG-report pairs per step")
+    pre.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    pre.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run (at least 1)")
+    pre.add_argument("--rounds", type=int, default=1, help="runs per variant, alternating the variants")
+    pre.add_argument("--num-threads", type=int, default=2, help="torch threads of each run")
+    pre.add_argument("--length", type=int, default=5000, help="ECG samples (12 x LENGTH at 500 Hz)")
+    pre.add_argument("--data", default=None, help="synthetic dataset folder (built there if missing)")
+    pre.add_argument("--quick", action="store_true",
+                     help="a toy text tower: checks that the benchmark runs, measures nothing")
     bench.set_defaults(func=_cmd_bench)
 
 
@@ -257,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
             "validation), ECG-to-ECG and text-to-ECG retrieval. Prints the results table and writes "
             "results.json, results.md and a zero-shot ROC-curve PNG per task to --out. Classes and protocols that "
             "cannot be computed on the data (e.g. no positive ECG in the test split) are left out, warned about "
-            "and listed under 'skipped'. No Python file shipped in the checkpoint folder is run unless "
-            "--trust-remote-code is given."
+            "and listed under 'skipped'. --protocol merl runs MERL's own evaluation protocols instead (--protocol "
+            "both: as well), whose figures are selected on the test set; see --protocol. No Python file shipped in "
+            "the checkpoint folder is run unless --trust-remote-code is given."
         ),
     )
     ev.add_argument("--model", required=True, help="checkpoint folder (weights + processor)")
@@ -268,6 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'center': one centred crop per record; 'windows': the median embedding over the "
                          "feature extractor's test-time windows (num_windows crops of crop_length, e.g. 6 x 5 s)")
     ev.add_argument("--out", default="outputs/evaluation", help="folder for results.json, results.md and PNGs")
+    ev.add_argument("--protocol", default="cardiomm", choices=["cardiomm", "merl", "both"],
+                    help="'cardiomm' (default): the protocol above; 'merl': MERL's own code's protocol for numbers "
+                         "comparable with the MERL paper (x100): zero-shot with one prompt per class (--prompts), "
+                         "and a linear layer trained on the frozen ECG tower with its batch norms in training mode "
+                         "(Adam, batch 16, lr 1e-3 -> 1e-4 after 40 scheduler steps) on --probe-ratios %% of "
+                         "train (train_test_split, random_state 42), reporting the MAXIMUM TEST AUROC / F1 / "
+                         "accuracy over --probe-epochs epochs, with F1 and accuracy thresholds chosen on the test "
+                         "labels; ECGs cropped to their first crop_length samples (--crop does not apply). "
+                         "'both': both, under the keys 'cardiomm' and 'merl' of results.json, with the list of "
+                         "differences; results.md shows both tables")
+    ev.add_argument("--prompts", default=None, metavar="FILE",
+                    help="MERL-format prompt file (a JSON object: class name -> one prompt string, as MERL's "
+                         "CKEPE_prompt.json) for the merl protocol; it must cover every class of the evaluated "
+                         "tasks. Default: each class's knowledge-base prompts joined into one string")
+    ev.add_argument("--probe-ratios", nargs="+", type=int, default=[1, 10, 100], metavar="PERCENT",
+                    help="merl protocol: percentages of train for the linear probe (default: 1 10 100); a ratio "
+                         "that leaves no ECG is left out and listed")
+    ev.add_argument("--probe-epochs", type=int, default=100,
+                    help="merl protocol: linear-probe epochs (default: 100, as MERL)")
     ev.add_argument("--trust-remote-code", action="store_true",
                     help="allow importing and running the Python files the checkpoint ships (its auto_map) when "
                          "its model type is not a cardiomm or transformers one; cardiomm checkpoints never need "
@@ -312,6 +397,31 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--probe-seeds", nargs="+", type=int, default=[0, 1, 2],
                        help="linear-probe subsampling seeds (default: 0 1 2)")
     quick.set_defaults(func=_cmd_quickstart)
+
+    convert = sub.add_parser("convert", help="convert an original research checkpoint to a cardiomm checkpoint folder")
+    convert_sub = convert.add_subparsers(dest="convert_command", required=True)
+    merl = convert_sub.add_parser(
+        "merl", help="MERL's released .pth files (whole ECG-text model or ECG encoder)",
+        description=(
+            "Convert a checkpoint released with MERL (Liu et al., ICML 2024; MIT licence) into a cardiomm folder "
+            "that loads with AutoModel.from_pretrained: a *_ckpt.pth (whole ECG-text model, ResNet or ViT) becomes "
+            "an ECGTextDualEncoder with an ECGTextProcessor, a *_encoder.pth an ECGEncoderModel with an "
+            "ECGFeatureExtractor; both set to MERL's preprocessing (leads I, II, III, aVR, aVF, aVL, V1-V6; 500 Hz; "
+            "per-record min-max; 5000 samples), with the model code and a model card. DataParallel 'module.' "
+            "prefixes and resume checkpoints (model_state_dict) are accepted. The file is read with "
+            "torch.load(weights_only=True), so no code in it runs. Strict: a tensor of the file that is neither "
+            "converted nor a known unused one, or a weight of the model left without a source, is an error listing "
+            "them; the summary lists the keys dropped and why."
+        ),
+    )
+    merl.add_argument("checkpoint", help="MERL .pth file")
+    merl.add_argument("out", help="output folder (new or empty)")
+    merl.add_argument("--tokenizer", default=None, metavar="DIR",
+                      help="folder (or cached Hub id) of the report tokenizer, loaded offline; default: "
+                           "--text-model-name from the local Hugging Face cache. Whole models only")
+    merl.add_argument("--text-model-name", default="ncbi/MedCPT-Query-Encoder",
+                      help="Hub id of MERL's text tower, recorded in the config (default: ncbi/MedCPT-Query-Encoder)")
+    merl.set_defaults(func=_cmd_convert)
     return parser
 
 
