@@ -42,7 +42,7 @@ from .configuration_ecg_contrastive import ECGContrastiveConfig
 from .configuration_ecg_encoder import ECG_ENCODER_PRESETS, ECGEncoderConfig
 from .contrastive_losses import contrastive_logits, local_logits, paired_contrastive_loss, unimodal_alignment_loss
 from .configuration_sehr_bert import SEHRBertConfig
-from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput
+from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput, masked_mean
 from .modeling_sehr_bert import SEHRBertModel
 
 # CLIP caps the learnable inverse temperature at 100 (log 100 = 4.6052).
@@ -111,11 +111,7 @@ class ECGAttentionPoolProjection(nn.Module):
         """`features`: the tower's feature map as a sequence (batch, time', channels); `position_mask`: (batch,
         time') bool, True where a position sees a recorded sample."""
         hidden = self.downconv(features.transpose(1, 2)).transpose(1, 2)  # (batch, time', projection_dim)
-        if position_mask is None:
-            latent = hidden.mean(dim=1)
-        else:
-            weights = position_mask.to(hidden.dtype)[:, :, None]
-            latent = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        latent = hidden.mean(dim=1) if position_mask is None else masked_mean(hidden, position_mask[:, :, None], 1)
         positions = self.position_embeddings_for(hidden.shape[1]).to(hidden.dtype)
         class_token = (self.class_embedding + positions[0]).expand(hidden.shape[0], 1, -1)
         tokens = torch.cat([class_token, hidden], dim=1) + positions

@@ -143,6 +143,42 @@ def _conv_bn(
     return hidden_states if fold else _batch_norm(bn, hidden_states, update_statistics)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of `values` over `dim` counting only where `mask` (broadcastable to `values`) is true; an all-false
+    slice gives 0."""
+    weights = mask.to(values.dtype)
+    return (values * weights).sum(dim=dim) / weights.sum(dim=dim).clamp(min=1.0)
+
+
+def check_patch_length(length: int, patch_size: int, max_length: int, network: str) -> int:
+    """The number of patches of an input of `length` samples; a `ValueError` naming `network` when `length` is not
+    a multiple of `patch_size` or exceeds `max_length`."""
+    if length % patch_size != 0 or length > max_length:
+        raise ValueError(
+            f"{network} input length must be a multiple of patch_size={patch_size} and at most "
+            f"max_length={max_length} samples; got {length}."
+        )
+    return length // patch_size
+
+
+def recorded_patches(time_mask: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """(batch, num_patches) bool: whether each patch of a (batch, time) `time_mask` holds a recorded sample (a
+    patch without any is padding)."""
+    return time_mask.bool().reshape(time_mask.shape[0], num_patches, -1).any(dim=-1)
+
+
+def run_transformer_layers(
+    layers: nn.ModuleList, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_hidden_states: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """`hidden_states` through `layers`; with `output_hidden_states` also the input and every layer's output."""
+    all_hidden_states = [hidden_states] if output_hidden_states else []
+    for layer in layers:
+        hidden_states = layer(hidden_states, attention_mask)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+    return hidden_states, tuple(all_hidden_states) if output_hidden_states else None
+
+
 class ECGResNetBasicBlock(GradientCheckpointingLayer):
     """Residual basic block: k-conv (stride) -> BN -> ReLU -> k-conv -> BN, + shortcut, ReLU.
 
@@ -283,8 +319,7 @@ class ECGResNet1d(nn.Module):
         if time_mask is None:
             pooled = features.mean(dim=-1)
         else:  # average over the output positions whose stride window holds a recorded sample
-            weights = self.downsample_time_mask(time_mask, features.shape[-1]).to(features.dtype)
-            pooled = (features * weights[:, None, :]).sum(dim=-1) / weights.sum(dim=-1, keepdim=True).clamp(min=1.0)
+            pooled = masked_mean(features, self.downsample_time_mask(time_mask, features.shape[-1])[:, None, :], -1)
         return ECGEncoderOutput(
             last_hidden_state=features.transpose(1, 2),
             pooler_output=pooled,
@@ -318,12 +353,7 @@ class ECGViTEmbeddings(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         batch_size, num_leads, length = input_values.shape
-        if length % self.patch_size != 0 or length > self.max_length:
-            raise ValueError(
-                f"ViT input length must be a multiple of patch_size={self.patch_size} and at most "
-                f"max_length={self.max_length} samples; got {length}."
-            )
-        num_patches = length // self.patch_size
+        num_patches = check_patch_length(length, self.patch_size, self.max_length, "ViT")
         patches = input_values.reshape(batch_size, num_leads, num_patches, self.patch_size)
         embeddings = (
             self.patch_projection(patches)
@@ -417,25 +447,20 @@ class ECGLeadViT(nn.Module):
         hidden_states = self.embeddings(input_values)
         num_patches = hidden_states.shape[1] // num_leads
         patch_mask = lead_mask[:, :, None].expand(batch_size, num_leads, num_patches)
-        if time_mask is not None:  # (batch, time): a patch without any recorded sample is padding
-            real_patches = time_mask.bool().reshape(batch_size, num_patches, -1).any(dim=-1)
-            patch_mask = patch_mask & real_patches[:, None, :]
+        if time_mask is not None:
+            patch_mask = patch_mask & recorded_patches(time_mask, num_patches)[:, None, :]
         token_mask = patch_mask.reshape(batch_size, -1)
         attention_mask = None
         if masked:  # without masks every token is attended to, with no data-dependent branch (torch.export)
             attention_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]
-        all_hidden_states = [hidden_states] if output_hidden_states else []
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask)
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
+        hidden_states, all_hidden_states = run_transformer_layers(
+            self.layers, hidden_states, attention_mask, output_hidden_states
+        )
         hidden_states = self.layernorm(hidden_states)
-        weights = token_mask.to(hidden_states.dtype)[:, :, None]
-        pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
         return ECGEncoderOutput(
             last_hidden_state=hidden_states,
-            pooler_output=pooled,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            pooler_output=masked_mean(hidden_states, token_mask[:, :, None], 1),
+            hidden_states=all_hidden_states,
             token_mask=token_mask if masked else None,
         )
 
@@ -463,37 +488,28 @@ class ECGConvPatchViT(nn.Module):
         output_hidden_states: bool,
         time_mask: torch.Tensor | None = None,
     ) -> ECGEncoderOutput:
-        batch_size, _, length = input_values.shape
-        if length % self.patch_size != 0 or length > self.max_length:
-            raise ValueError(
-                f"MERL ViT input length must be a multiple of patch_size={self.patch_size} and at most "
-                f"max_length={self.max_length} samples; got {length}."
-            )
+        num_patches = check_patch_length(input_values.shape[-1], self.patch_size, self.max_length, "MERL ViT")
         if lead_mask is not None:
             input_values = torch.where(lead_mask[:, :, None], input_values, 0.0)
         if time_mask is not None:  # padded samples enter the patch embedding as zeros
             input_values = input_values * time_mask[:, None, :].to(input_values.dtype)
-        num_patches = length // self.patch_size
         hidden_states = self.patch_embedding(input_values).transpose(1, 2) + self.position_embeddings[:num_patches]
         hidden_states = self.dropout(hidden_states)
         token_mask = attention_mask = None
-        if time_mask is not None:  # a patch without any recorded sample is padding
-            token_mask = time_mask.bool().reshape(batch_size, num_patches, -1).any(dim=-1)
+        if time_mask is not None:
+            token_mask = recorded_patches(time_mask, num_patches)
             attention_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]
-        all_hidden_states = [hidden_states] if output_hidden_states else []
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask)
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
+        hidden_states, all_hidden_states = run_transformer_layers(
+            self.layers, hidden_states, attention_mask, output_hidden_states
+        )
         if token_mask is None:
             pooled = hidden_states.mean(dim=1)
         else:
-            weights = token_mask.to(hidden_states.dtype)[:, :, None]
-            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            pooled = masked_mean(hidden_states, token_mask[:, :, None], 1)
         return ECGEncoderOutput(
             last_hidden_state=hidden_states,
             pooler_output=self.layernorm(pooled),
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            hidden_states=all_hidden_states,
             token_mask=token_mask,
         )
 
