@@ -36,13 +36,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import precision_recall_curve
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.collators import stack_ecg, with_recorded_leads
 from ..data.ecg_dataset import ECGDatasetInfo, label_column
-from .metrics import as_multi_hot, auroc_columns, evaluable_classes
+from .metrics import as_multi_hot, auroc_columns, checked_labels_and_scores, evaluable_classes, max_f1
 from .results import results_table, save_results
 from .runner import PROTOCOL as CARDIOMM_PROTOCOL
 from .runner import EvaluationReport, SkippedResult, _left_out_classes, _warn_skipped, dataset_prompts
@@ -124,13 +123,8 @@ def merl_max_f1(y_true: Any, scores: Any) -> tuple[float, float, float]:
     """
     y = np.asarray(y_true) > 0
     s = np.asarray(scores, dtype=np.float64)
-    precision, recall, thresholds = precision_recall_curve(y, s)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom != 0)
-    best = int(np.argmax(f1))
-    threshold = float(thresholds[min(best, len(thresholds) - 1)])
-    accuracy = float(np.mean((s > threshold) == y))
-    return float(f1[best]), threshold, accuracy
+    f1, threshold = max_f1(y, s)  # the curve's last point (recall 0) has F1 0, so MERL's argmax is the same
+    return f1, threshold, float(np.mean((s > threshold) == y))
 
 
 def merl_classification_metrics(
@@ -138,14 +132,7 @@ def merl_classification_metrics(
 ) -> MERLClassificationMetrics:
     """MERL's classification metrics of ``(N, C)`` scores: per-class AUROC, max-F1 and accuracy at the max-F1
     threshold, x100, and their macro means over the classes with both a positive and a negative."""
-    s = np.asarray(scores, dtype=np.float64)
-    s = s[:, None] if s.ndim == 1 else s
-    y = as_multi_hot(y_true, s.shape[1])
-    if len(y) != len(s):
-        raise ValueError(f"{len(y)} labels but {len(s)} score rows")
-    names = list(label_names) if label_names is not None else [str(i) for i in range(s.shape[1])]
-    if len(names) != s.shape[1]:
-        raise ValueError(f"{len(names)} label names for {s.shape[1]} score columns")
+    y, s, names = checked_labels_and_scores(y_true, scores, label_names)
     ok = evaluable_classes(y) if len(y) else np.zeros(len(names), dtype=bool)
     result = MERLClassificationMetrics(label_names=names, left_out=[n for n, keep in zip(names, ok) if not keep])
     aurocs = auroc_columns(y, s)

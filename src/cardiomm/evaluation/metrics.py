@@ -38,6 +38,21 @@ def _as_2d_scores(scores: Any) -> np.ndarray:
     return s[:, None] if s.ndim == 1 else s
 
 
+def checked_labels_and_scores(
+    y_true: Any, scores: Any, label_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(N, C)`` 0/1 labels (:func:`as_multi_hot`), ``(N, C)`` float64 scores (``(N,)`` for one class) and the
+    ``C`` class names (default ``"0"``, ``"1"``, ...); a ``ValueError`` when their sizes disagree."""
+    s = _as_2d_scores(scores)
+    y = as_multi_hot(y_true, s.shape[1])
+    if len(y) != len(s):
+        raise ValueError(f"{len(y)} labels but {len(s)} score rows")
+    names = list(label_names) if label_names is not None else [str(i) for i in range(s.shape[1])]
+    if len(names) != s.shape[1]:
+        raise ValueError(f"{len(names)} label names for {s.shape[1]} score columns")
+    return y, s, names
+
+
 def evaluable_classes(y_true: np.ndarray) -> np.ndarray:
     """Boolean mask of the columns of ``(N, C)`` labels that hold both a positive and a negative."""
     positives = y_true.sum(axis=0)
@@ -105,13 +120,7 @@ def classification_metrics(
     ``scores`` is ``(N, C)`` (or ``(N,)`` for one class); ``y_true`` is multi-hot ``(N, C)``, binary ``(N,)``
     or integer class indices ``(N,)``.
     """
-    s = _as_2d_scores(scores)
-    y = as_multi_hot(y_true, s.shape[1])
-    if len(y) != len(s):
-        raise ValueError(f"{len(y)} labels but {len(s)} score rows")
-    names = list(label_names) if label_names is not None else [str(i) for i in range(s.shape[1])]
-    if len(names) != s.shape[1]:
-        raise ValueError(f"{len(names)} label names for {s.shape[1]} score columns")
+    y, s, names = checked_labels_and_scores(y_true, scores, label_names)
     ok = evaluable_classes(y)
     result = ClassificationMetrics(label_names=names, num_samples=len(y))
     result.skipped = [n for n, keep in zip(names, ok) if not keep]
