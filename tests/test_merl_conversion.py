@@ -402,14 +402,11 @@ def test_resnet18_model_keys(resnet18_model) -> None:
     assert_coverage(AutoModel.from_pretrained(out), builder, dropped)
 
 
-def test_resnet18_model_matches_reference(resnet18_model) -> None:
-    builder, out, _, _ = resnet18_model
-    model = AutoModel.from_pretrained(out).eval()
-    sd = builder.state
-    x = random_ecgs()
+def assert_whole_model_matches(model, out, sd, x, ecg_ref) -> None:
+    """The converted model's ECG embedding, report embedding and logits equal the reference's (MERL's logits are
+    cosine similarities divided by 0.07)."""
     inputs = text_inputs(out)
     with torch.no_grad():
-        ecg_ref = ref_attention_pool(sd, ref_resnet(sd, x, "ecg_encoder."))
         text_ref = ref_text(sd, model.config.text_config, inputs)
         logits_ref = F.normalize(ecg_ref, dim=-1) @ F.normalize(text_ref, dim=-1).T / 0.07
         ecg = model.get_ecg_features(x).pooler_output
@@ -418,6 +415,16 @@ def test_resnet18_model_matches_reference(resnet18_model) -> None:
     assert_close(ecg, ecg_ref, "ECG embedding")
     assert_close(text, text_ref, "text embedding")
     assert_close(logits, logits_ref, "logits")
+
+
+def test_resnet18_model_matches_reference(resnet18_model) -> None:
+    builder, out, _, _ = resnet18_model
+    model = AutoModel.from_pretrained(out).eval()
+    sd = builder.state
+    x = random_ecgs()
+    with torch.no_grad():
+        ecg_ref = ref_attention_pool(sd, ref_resnet(sd, x, "ecg_encoder."))
+    assert_whole_model_matches(model, out, sd, x, ecg_ref)
 
 
 def test_vit_tiny_model_keys_and_config(vit_tiny_model) -> None:
@@ -440,17 +447,9 @@ def test_vit_tiny_model_matches_reference(vit_tiny_model) -> None:
     model = AutoModel.from_pretrained(out).eval()
     sd = builder.state
     x = random_ecgs(2)
-    inputs = text_inputs(out)
     with torch.no_grad():
         ecg_ref = ref_mlp_head(sd, ref_vit(sd, x, heads=3, prefix="ecg_encoder."))
-        text_ref = ref_text(sd, model.config.text_config, inputs)
-        logits_ref = F.normalize(ecg_ref, dim=-1) @ F.normalize(text_ref, dim=-1).T / 0.07
-        ecg = model.get_ecg_features(x).pooler_output
-        text = model.get_text_features(**inputs).pooler_output
-        logits = model(x, **inputs, return_loss=False).logits_per_ecg
-    assert_close(ecg, ecg_ref, "ECG embedding")
-    assert_close(text, text_ref, "text embedding")
-    assert_close(logits, logits_ref, "logits")
+    assert_whole_model_matches(model, out, sd, x, ecg_ref)
 
 
 def test_vit_head_bias_folding_is_exact_in_training_mode(vit_tiny_model) -> None:

@@ -13,7 +13,7 @@ each row's reference time for its code timeline (the ECG acquisition). Every bat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -120,26 +120,23 @@ class ECGTextCollator:
 
 
 @dataclass
-class ECGTextFeatureCollator:
+class ECGTextFeatureCollator(ECGTextCollator):
     """Batches (ECG, report) rows for a dual encoder whose text tower is frozen whole: the ECG inputs exactly as
     :class:`ECGTextCollator` makes them, and instead of tokenised reports ``text_pooler_output`` (batch, hidden),
     each row's report feature looked up in ``text_features`` (a
     :class:`~cardiomm.training.text_feature_cache.TextFeatureCache`, or any object whose ``lookup(reports)``
     returns them)."""
 
-    processor: Any
-    sampling_rate: float
-    text_features: Any
-    lead_names: Sequence[str] | None = None
-    crop: str = "random"
-    text_column: str = "report"
-    label_column: str | None = None
+    text_features: Any = None
+
+    def __post_init__(self) -> None:
+        if self.text_features is None:
+            raise ValueError("ECGTextFeatureCollator needs text_features (e.g. a TextFeatureCache)")
 
     @classmethod
     def from_text_collator(cls, collator: ECGTextCollator, text_features: Any) -> ECGTextFeatureCollator:
         """The collator that batches ECGs as ``collator`` does, with the report features of ``text_features``."""
-        return cls(collator.processor, collator.sampling_rate, text_features, lead_names=collator.lead_names,
-                   crop=collator.crop, text_column=collator.text_column, label_column=collator.label_column)
+        return cls(**{f.name: getattr(collator, f.name) for f in fields(ECGTextCollator)}, text_features=text_features)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         text = [str(r[self.text_column] or "") for r in rows]
