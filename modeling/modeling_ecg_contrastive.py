@@ -503,14 +503,18 @@ class ECGDualEncoderModel(ECGContrastiveModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         partner_pooled: torch.Tensor | None = None,
+        ecg_tower_kwargs: Mapping[str, Any] | None = None,
     ) -> DualEncoderPass:
         """Embeddings, logits (built once) and losses of a batch of ECG–partner pairs.
 
         `partner_pooled` (batch, partner hidden): the partner tower's pooled output, precomputed (a tower frozen
         whole always gives the same one); when given, the partner tower is not run and `partner_inputs` are
-        ignored.
+        ignored. `ecg_tower_kwargs` replace the ECG tower's options (default: `output_hidden_states`), e.g. with a
+        `token_index` of the tokens to keep.
         """
-        ecg_outputs = self.encode_ecg(input_values, lead_mask, time_mask, **tower_options(output_hidden_states))
+        if ecg_tower_kwargs is None:
+            ecg_tower_kwargs = tower_options(output_hidden_states)
+        ecg_outputs = self.encode_ecg(input_values, lead_mask, time_mask, **ecg_tower_kwargs)
         partner_outputs = None
         if partner_pooled is None:
             partner_pooled, partner_outputs = self.encode_partner(

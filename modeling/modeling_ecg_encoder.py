@@ -351,9 +351,21 @@ class ECGViTEmbeddings(nn.Module):
         self.temporal_embeddings = nn.Parameter(torch.empty(config.max_length // config.patch_size, config.hidden_size))
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_values: torch.Tensor, token_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings, lead-major; with `token_index` (batch, kept) only those tokens (grid indices
+        `lead * num_patches + patch`; negative entries are padding and embed patch 0 of lead 0)."""
         batch_size, num_leads, length = input_values.shape
         num_patches = check_patch_length(length, self.patch_size, self.max_length, "ViT")
+        if token_index is not None:
+            index = token_index.clamp(min=0)
+            patches = input_values.reshape(batch_size, num_leads * num_patches, self.patch_size)
+            patches = patches.gather(1, index[:, :, None].expand(-1, -1, self.patch_size))
+            embeddings = (
+                self.patch_projection(patches)
+                + self.lead_embeddings[index // num_patches]
+                + self.temporal_embeddings[index % num_patches]
+            )
+            return self.dropout(embeddings)
         patches = input_values.reshape(batch_size, num_leads, num_patches, self.patch_size)
         embeddings = (
             self.patch_projection(patches)
@@ -435,21 +447,26 @@ class ECGLeadViT(nn.Module):
         lead_mask: torch.Tensor | None,
         output_hidden_states: bool,
         time_mask: torch.Tensor | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> ECGEncoderOutput:
         batch_size, num_leads, length = input_values.shape
-        masked = lead_mask is not None or time_mask is not None
+        masked = lead_mask is not None or time_mask is not None or token_index is not None
         if lead_mask is None:
             lead_mask = torch.ones(batch_size, num_leads, dtype=torch.bool, device=input_values.device)
         else:
             if not bool(lead_mask.any(dim=1).all()):
                 raise ValueError("Every ECG needs at least one present lead in lead_mask.")
-            input_values = torch.where(lead_mask[:, :, None], input_values, 0.0)
-        hidden_states = self.embeddings(input_values)
-        num_patches = hidden_states.shape[1] // num_leads
+            input_values = torch.where(lead_mask[:, :, None], input_values, 0.0)  # NaN-safe: absent leads read 0
+        num_patches = check_patch_length(length, self.patch_size, self.embeddings.max_length, "ViT")
         patch_mask = lead_mask[:, :, None].expand(batch_size, num_leads, num_patches)
         if time_mask is not None:
             patch_mask = patch_mask & recorded_patches(time_mask, num_patches)[:, None, :]
         token_mask = patch_mask.reshape(batch_size, -1)
+        if token_index is not None:
+            token_mask = token_mask.gather(1, token_index.clamp(min=0)) & (token_index >= 0)
+            if not bool(token_mask.any(dim=1).all()):
+                raise ValueError("token_index keeps no token of a present lead for some ECG.")
+        hidden_states = self.embeddings(input_values, token_index)
         attention_mask = None
         if masked:  # without masks every token is attended to, with no data-dependent branch (torch.export)
             attention_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]
@@ -628,6 +645,7 @@ class ECGEncoderModel(ECGEncoderPreTrainedModel):
         time_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> ECGEncoderOutput | tuple:
         """
         Args:
@@ -639,6 +657,10 @@ class ECGEncoderModel(ECGEncoderPreTrainedModel):
                 that see a recorded sample.
             output_hidden_states (`bool`, *optional*): Return the per-stage / per-layer hidden states.
             return_dict (`bool`, *optional*): Return an [`ECGEncoderOutput`] instead of a tuple.
+            token_index (`torch.LongTensor` of shape (batch, kept), *optional*): lead-aware ViT only: run only these
+                tokens, given as lead-major grid indices `lead * num_patches + patch`, negative entries for padding
+                (K-MERL's lead and segment masking drops the masked tokens before the encoder). The outputs then
+                cover the kept tokens in the given order, and `token_mask` marks the real ones.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -650,7 +672,12 @@ class ECGEncoderModel(ECGEncoderPreTrainedModel):
                 f"time_mask must have shape (batch, time) = {(input_values.shape[0], input_values.shape[-1])}, "
                 f"got {tuple(time_mask.shape)}"
             )
-        outputs = self.encoder(input_values, lead_mask, bool(output_hidden_states), time_mask)
+        extra = {}
+        if token_index is not None:
+            if self.config.backbone_family != "vit":
+                raise ValueError(f"token_index needs the lead-aware ViT; this encoder is {self.config.backbone!r}.")
+            extra["token_index"] = token_index.to(input_values.device)
+        outputs = self.encoder(input_values, lead_mask, bool(output_hidden_states), time_mask, **extra)
         return outputs if return_dict else outputs.to_tuple()
 
 

@@ -198,7 +198,7 @@ class ECGTextDualEncoder(ECGDualEncoderModel):
         text_model, text_source = cls.load_text_tower(text_model_name_or_path, **(text_model_kwargs or {}))
         config_kwargs.setdefault("text_model_name_or_path", text_source)
         # built from copies: building a composite config resets its sub-configs' attention implementation
-        config = ECGTextDualEncoderConfig.from_ecg_text_configs(ecg_model.config, text_model.config, **config_kwargs)
+        config = cls.config_class.from_ecg_text_configs(ecg_model.config, text_model.config, **config_kwargs)
         return cls(config, ecg_model=ecg_model, text_model=text_model)
 
 

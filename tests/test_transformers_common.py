@@ -24,6 +24,8 @@ from cardiomm import (
     ECGSEHRDualEncoderConfig,
     ECGTextDualEncoder,
     ECGTextDualEncoderConfig,
+    KMERLQueryModel,
+    KMERLQueryModelConfig,
     SEHRBertConfig,
     SEHRBertForMaskedLM,
     SEHRBertModel,
@@ -88,6 +90,14 @@ def merl_vit_text_config() -> ECGTextDualEncoderConfig:
                                     projection_hidden_size=24, uma_projection=True)
 
 
+def kmerl_config() -> KMERLQueryModelConfig:
+    """K-MERL with a three-entity vocabulary (the model tests build it from the configuration alone, so the entity
+    token ids are padding) and its lead / segment masking on in training mode."""
+    return KMERLQueryModelConfig(ecg_config=vit_config(), text_config=text_config(), projection_dim=16,
+                                 projection_hidden_size=24, entity_names=["a", "b", "c"], entity_max_length=4,
+                                 query_hidden_size=16, query_num_layers=2, query_num_heads=2)
+
+
 def ecg_sehr_config() -> ECGSEHRDualEncoderConfig:
     return ECGSEHRDualEncoderConfig(ecg_config=resnet_config(), ehr_config=sehr_bert_config(), projection_dim=16,
                                     projection_hidden_size=24, freeze_ehr_layers=0)
@@ -132,6 +142,10 @@ def text_inputs() -> dict[str, torch.Tensor]:
 
 def ecg_text_inputs() -> dict[str, torch.Tensor]:
     return {**ecg_inputs(), **text_inputs()}
+
+
+def kmerl_inputs() -> dict[str, torch.Tensor]:
+    return {**ecg_text_inputs(), "entity_labels": torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])}
 
 
 def ecg_sehr_inputs() -> dict[str, torch.Tensor]:
@@ -266,6 +280,12 @@ class MERLResNetTextDualEncoderModelTest(ECGTextDualEncoderModelTest):
 
 class MERLViTTextDualEncoderModelTest(ECGTextDualEncoderModelTest):
     get_config = staticmethod(merl_vit_text_config)
+
+
+class KMERLQueryModelTest(ECGTextDualEncoderModelTest):
+    all_model_classes = (KMERLQueryModel,)
+    get_config = staticmethod(kmerl_config)
+    get_inputs = staticmethod(kmerl_inputs)
 
 
 class SEHRBertModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):

@@ -14,6 +14,7 @@ from .modeling.configuration_ecg_contrastive import ECGContrastiveConfig, ECGDua
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
+from .modeling.configuration_kmerl import KMERLQueryModelConfig
 from .modeling.configuration_sehr_bert import SEHRBertConfig
 from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 from .modeling.modeling_ecg_encoder import (
@@ -26,6 +27,7 @@ from .modeling.modeling_ecg_encoder import (
 from .modeling.modeling_ecg_contrastive import ECGContrastiveModel, ECGContrastivePreTrainedModel, ECGDualEncoderModel
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder, ECGSEHROutput
 from .modeling.modeling_ecg_text import ECGTextDualEncoder, ECGTextOutput
+from .modeling.modeling_kmerl import KMERLQueryModel, KMERLQueryOutput
 from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel, SEHRBertPreTrainedModel
 from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel, SEHRECGTextOutput
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
@@ -40,6 +42,7 @@ __all__ = [
     "ECGContrastiveConfig",
     "ECGDualEncoderConfig",
     "ECGTextDualEncoderConfig",
+    "KMERLQueryModelConfig",
     "ECGSEHRDualEncoderConfig",
     "SEHRBertConfig",
     "SEHRECGTextConfig",
@@ -55,6 +58,8 @@ __all__ = [
     "ECGDualEncoderModel",
     "ECGTextDualEncoder",
     "ECGTextOutput",
+    "KMERLQueryModel",
+    "KMERLQueryOutput",
     "ECGSEHRDualEncoder",
     "ECGSEHROutput",
     "SEHRECGTextModel",

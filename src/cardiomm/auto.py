@@ -20,11 +20,13 @@ from transformers import (
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
+from .modeling.configuration_kmerl import KMERLQueryModelConfig
 from .modeling.configuration_sehr_bert import SEHRBertConfig
 from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 from .modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
 from .modeling.modeling_ecg_text import ECGTextDualEncoder
+from .modeling.modeling_kmerl import KMERLQueryModel
 from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel
 from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
@@ -37,6 +39,7 @@ from .processing.tokenization_medical_codes import MedicalCodeTokenizer
 CONFIGS = (
     (ECGEncoderConfig.model_type, ECGEncoderConfig),
     (ECGTextDualEncoderConfig.model_type, ECGTextDualEncoderConfig),
+    (KMERLQueryModelConfig.model_type, KMERLQueryModelConfig),
     (SEHRBertConfig.model_type, SEHRBertConfig),
     (ECGSEHRDualEncoderConfig.model_type, ECGSEHRDualEncoderConfig),
     (SEHRECGTextConfig.model_type, SEHRECGTextConfig),
@@ -46,6 +49,7 @@ MODELS = (
     (AutoModel, ECGEncoderConfig, ECGEncoderModel),
     (AutoModelForSequenceClassification, ECGEncoderConfig, ECGEncoderForSequenceClassification),
     (AutoModel, ECGTextDualEncoderConfig, ECGTextDualEncoder),
+    (AutoModel, KMERLQueryModelConfig, KMERLQueryModel),
     (AutoModel, SEHRBertConfig, SEHRBertModel),
     (AutoModelForMaskedLM, SEHRBertConfig, SEHRBertForMaskedLM),
     (AutoModel, ECGSEHRDualEncoderConfig, ECGSEHRDualEncoder),
@@ -60,8 +64,9 @@ def register_all() -> None:
     for auto_class, config_class, model_class in MODELS:
         auto_class.register(config_class, model_class, exist_ok=True)
     AutoFeatureExtractor.register(ECGEncoderConfig, ECGFeatureExtractor, exist_ok=True)
-    AutoFeatureExtractor.register(ECGTextDualEncoderConfig, ECGFeatureExtractor, exist_ok=True)
-    AutoProcessor.register(ECGTextDualEncoderConfig, ECGTextProcessor, exist_ok=True)
+    for config_class in (ECGTextDualEncoderConfig, KMERLQueryModelConfig):
+        AutoFeatureExtractor.register(config_class, ECGFeatureExtractor, exist_ok=True)
+        AutoProcessor.register(config_class, ECGTextProcessor, exist_ok=True)
     AutoProcessor.register(ECGSEHRDualEncoderConfig, ECGSEHRProcessor, exist_ok=True)
     AutoProcessor.register(SEHRECGTextConfig, SEHRECGTextProcessor, exist_ok=True)
     AutoTokenizer.register(SEHRBertConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
