@@ -44,14 +44,14 @@ from .zero_shot import zero_shot_classify
 PROTOCOL = __doc__.split("Protocol (written into every results file):", 1)[1].strip()
 
 
-def dataset_prompts(info: ECGDatasetInfo, task: str) -> dict[str, list[str]]:
-    """Prompts for every label of ``task``, from the knowledge base (by SCP code when the dataset maps labels to
-    codes, else by the label's name); a label the knowledge base does not know is prompted by its own name."""
-    from ..knowledge import entry_prompts, load_knowledge_base
+def _knowledge_entries(info: ECGDatasetInfo, task: str) -> dict[str, Any]:
+    """The knowledge-base entry of every label of ``task`` (by SCP code when the dataset maps labels to codes, else
+    by the label's name), ``None`` for a label the knowledge base does not know."""
+    from ..knowledge import load_knowledge_base
 
     kb = load_knowledge_base()
     codes: Mapping[str, str] = info.extra.get("scp_codes", {})
-    prompts = {}
+    entries = {}
     for label in info.tasks[task]:
         entry = None
         for key in (codes.get(label), label):
@@ -63,8 +63,25 @@ def dataset_prompts(info: ECGDatasetInfo, task: str) -> dict[str, list[str]]:
                 entry = kb.find(key)
             if entry is not None:
                 break
-        prompts[label] = entry_prompts(entry, kb) if entry is not None else [label]
-    return prompts
+        entries[label] = entry
+    return entries
+
+
+def dataset_prompts(info: ECGDatasetInfo, task: str) -> dict[str, list[str]]:
+    """Prompts for every label of ``task``, from the knowledge base (:func:`_knowledge_entries`); a label the
+    knowledge base does not know is prompted by its own name."""
+    from ..knowledge import entry_prompts, load_knowledge_base
+
+    kb = load_knowledge_base()
+    return {label: entry_prompts(entry, kb) if entry is not None else [label]
+            for label, entry in _knowledge_entries(info, task).items()}
+
+
+def dataset_class_names(info: ECGDatasetInfo, task: str) -> dict[str, str]:
+    """The clinical name of every label of ``task``: its knowledge-base entry's name ("NORM" -> "normal ECG"), or
+    the label itself when the knowledge base does not know it. K-MERL's query network takes these as queries."""
+    return {label: entry.name if entry is not None else label
+            for label, entry in _knowledge_entries(info, task).items()}
 
 
 @dataclass
