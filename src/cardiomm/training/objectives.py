@@ -46,9 +46,12 @@ import difflib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..data.collators import ECGTextCollator, ECGTextFeatureCollator
+import numpy as np
+
+from ..data.collators import ECGTextCollator, ECGTextFeatureCollator, row_labels
 from ..data.ecg_dataset import ECGDatasetInfo
 from .config import ExperimentConfig, check_keys, config_class_parameters
 from .experiment_data import ExperimentData, check_synthetic_section, load_experiment_data
@@ -87,10 +90,89 @@ class PretrainingRun:
 def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
     """Build an ECG–text dual encoder run (MERL / ECG-Text) from an experiment config and its loaded dataset
     (:func:`~cardiomm.training.experiment_data.load_experiment_data` of ``experiment.data``)."""
+    from ..modeling.modeling_ecg_text import ECGTextDualEncoder
+
+    return _report_pair_run(experiment, experiment_data, ECGTextDualEncoder)
+
+
+def build_kmerl_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build a K-MERL run (:class:`~cardiomm.KMERLQueryModel`): the ECG–text run of :func:`build_ecg_text_run` plus
+    the cardiac entities of every report as ``entity_labels``.
+
+    The entities come from ``data.entities``, an entity file of ``cardiomm entities mine``; without it, or when that
+    file does not exist yet, the reports of the dataset are mined with the knowledge-base extractor into
+    ``data.entities`` (default ``<output_dir>/entities.json``) first. A new model takes the file's vocabulary and
+    hierarchy (:meth:`~cardiomm.KMERLQueryModel.set_entity_vocabulary`); a model continued from ``init_from`` keeps
+    its own, and the file's labels are matched to it by name.
+    """
+    from ..knowledge.entity_mining import load_mined_entities, mine_dataset_entities
+    from ..modeling.modeling_kmerl import KMERLQueryModel
+
+    data = experiment.data
+    path = Path(data.get("entities") or Path(experiment.training.output_dir) / "entities.json")
+    if path.is_file():
+        mined = load_mined_entities(path)
+        print(f"cardiac entities: {len(mined.entities)} from {path}", flush=True)
+    else:
+        splits = [data.get("train_split", "train")]
+        if data.get("eval_split", "validation") in experiment_data.dataset:
+            splits.append(data.get("eval_split", "validation"))
+        mined = mine_dataset_entities(data["path"], splits=splits, text_column=data.get("text_column", "report"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mined.save(path)
+        print(f"cardiac entities: mined {len(mined.entities)} from the reports of {data['path']} ({'/'.join(splits)}, "
+              f"{mined.reports_per_second:.0f} reports/s) into {path}", flush=True)
+    held_out = set(data.get("held_out_entities") or ())
+    unknown = held_out - set(mined.entities)
+    if unknown:
+        raise ValueError(f"data.held_out_entities names entities that {path} does not have: {sorted(unknown)}")
+    run = _report_pair_run(experiment, experiment_data, KMERLQueryModel, extra_columns=("ecg_id",))
+    if not experiment.model.get("init_from"):
+        entities = [name for name in mined.entities if name not in held_out]
+        hierarchy = {s: [m for m in members if m not in held_out] for s, members in mined.hierarchy.items()
+                     if s not in held_out}
+        run.model.set_entity_vocabulary(entities, run.tokenizer, hierarchy)
+    if not run.model.config.entity_names:
+        raise ValueError(f"{path}: no cardiac entity was found in the reports; K-MERL needs at least one.")
+    run.train_dataset = _with_entity_labels(run.train_dataset, mined, run.model.config.entity_names)
+    if run.eval_dataset is not None:
+        run.eval_dataset = _with_entity_labels(run.eval_dataset, mined, run.model.config.entity_names)
+    run.collate_fn = EntityLabelCollator(run.collate_fn)
+    return run
+
+
+def _with_entity_labels(split: Any, mined: Any, entity_names: Sequence[str]) -> Any:
+    """``split`` with a column ``entity_labels``: the multi-hot of ``entity_names`` of each row's report."""
+    order = {name: i for i, name in enumerate(mined.entities)}
+    matrix = mined.label_matrix(split.with_format(None)["ecg_id"])
+    labels = np.zeros((len(split), len(entity_names)), dtype=np.float32)
+    for j, name in enumerate(entity_names):
+        if name in order:
+            labels[:, j] = matrix[:, order[name]]
+    return split.remove_columns("ecg_id").add_column("entity_labels", list(labels)).with_format("numpy")
+
+
+@dataclass
+class EntityLabelCollator:
+    """A collator's batch plus ``entity_labels`` (batch, entities) from the rows' ``entity_labels`` column."""
+
+    collator: Callable[[Sequence[Any]], dict[str, Any]]
+    column: str = "entity_labels"
+
+    def __call__(self, rows: Sequence[Any]) -> dict[str, Any]:
+        batch = self.collator(rows)
+        batch["entity_labels"] = row_labels(rows, self.column)
+        return batch
+
+
+def _report_pair_run(experiment: ExperimentConfig, experiment_data: ExperimentData, model_class: Any,
+                     extra_columns: Sequence[str] = ()) -> PretrainingRun:
+    """The run of an ECG–report model of ``model_class`` (an ``ECGTextDualEncoder`` or subclass): model, processor,
+    datasets with the ECG, lead mask, report and ``extra_columns``, and the collator (the text-feature cache's when
+    the text tower is frozen whole)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
-    from ..modeling.modeling_ecg_text import ECGTextDualEncoder
     from ..processing.feature_extraction_ecg import ECGFeatureExtractor
     from ..processing.processing_ecg_text import ECGTextProcessor
 
@@ -100,17 +182,18 @@ def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: Experiment
     dataset, info = experiment_data.dataset, experiment_data.info
 
     init_from = spec.pop("init_from", None)
-    ecg_spec = dict(spec.pop("ecg", {"backbone": "resnet1d_18"}))
+    default_backbone = model_class.config_class.sub_configs_defaults["ecg_config"].init_kwargs.get("backbone")
+    ecg_spec = dict(spec.pop("ecg", {"backbone": default_backbone or "resnet1d_18"}))
     ecg_source: Any = ecg_spec.pop("pretrained", None) or ECGEncoderConfig(**ecg_spec)
     text_name = resolve_text_model_path(str(spec.pop("text", "ncbi/MedCPT-Query-Encoder")))
     text_config = spec.pop("text_config", None)
     tokenizer_name = resolve_text_model_path(str(spec.pop("tokenizer", text_name)))
-    if init_from:  # continue from a saved dual encoder (towers, projections and temperature)
-        model = ECGTextDualEncoder.from_pretrained(init_from)
+    if init_from:  # continue from a saved model (towers, projections and temperature)
+        model = model_class.from_pretrained(init_from)
         tokenizer = AutoTokenizer.from_pretrained(init_from)
     else:
         text_source: Any = AutoConfig.for_model(**text_config) if text_config else text_name
-        model = ECGTextDualEncoder.from_ecg_text_pretrained(ecg_source, text_source, **spec)
+        model = model_class.from_ecg_text_pretrained(ecg_source, text_source, **spec)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
 
     feature_extractor = ECGFeatureExtractor(
@@ -124,7 +207,7 @@ def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: Experiment
                                  max_text_length=max_text_length)
     collator = ECGTextCollator(processor, sampling_rate=info.sampling_rate, lead_names=info.lead_names, crop="random",
                                text_column=data.get("text_column", "report"))
-    columns = ["ecg", "lead_mask", collator.text_column]
+    columns = ["ecg", "lead_mask", collator.text_column, *extra_columns]
     train = dataset[data.get("train_split", "train")].select_columns(columns).with_format("numpy")
     eval_split = data.get("eval_split", "validation")
     evaluation = dataset[eval_split].select_columns(columns).with_format("numpy") if eval_split in dataset else None
@@ -342,6 +425,7 @@ def build_sehr_bert_run(experiment: ExperimentConfig, experiment_data: Experimen
 
 OBJECTIVES = {
     "ecg_text_dual_encoder": build_ecg_text_run,
+    "kmerl_query_model": build_kmerl_run,
     "ecg_sehr_dual_encoder": build_ecg_sehr_run,
     "sehr_ecg_text": build_sehr_ecg_text_run,
     "sehr_bert": build_sehr_bert_run,
@@ -367,6 +451,7 @@ def build_run(experiment: ExperimentConfig) -> PretrainingRun:
 # ------------------------------------------------------------------------------ experiment file keys
 ECG_TEXT_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "text_column", "sampling_rate", "crop_length",
                       "normalization", "max_text_length")
+KMERL_DATA_KEYS = ECG_TEXT_DATA_KEYS + ("entities", "held_out_entities")
 ECG_SEHR_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "sampling_rate", "crop_length",
                       "normalization", "ehr_window_days", "max_codes", "min_code_patients")
 SEHR_ECG_TEXT_DATA_KEYS = ECG_SEHR_DATA_KEYS + ("text_pairing", "text_window_days", "max_text_length")
@@ -389,6 +474,7 @@ def check_experiment(experiment: ExperimentConfig) -> None:
         raise ValueError(f"{source}: model.type must be one of {sorted(OBJECTIVES)}, got {kind!r}")
     from ..modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
     from ..modeling.configuration_ecg_text import ECGTextDualEncoderConfig
+    from ..modeling.configuration_kmerl import KMERLQueryModelConfig
     from ..modeling.configuration_sehr_bert import SEHRBertConfig
     from ..modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 
@@ -403,13 +489,14 @@ def check_experiment(experiment: ExperimentConfig) -> None:
     else:
         composite, towers, data_keys, paired = {
             "ecg_text_dual_encoder": (ECGTextDualEncoderConfig, ("ecg", "text"), ECG_TEXT_DATA_KEYS, False),
+            "kmerl_query_model": (KMERLQueryModelConfig, ("ecg", "text"), KMERL_DATA_KEYS, False),
             "ecg_sehr_dual_encoder": (ECGSEHRDualEncoderConfig, ("ecg", "ehr"), ECG_SEHR_DATA_KEYS, True),
             "sehr_ecg_text": (SEHRECGTextConfig, ("ecg", "ehr", "text"), SEHR_ECG_TEXT_DATA_KEYS, True),
         }[kind]
         builder_keys = {"type", *towers} | {f"{tower}_model_kwargs" for tower in towers}
         if "text" in towers:
             builder_keys |= {"text_config", "tokenizer"}
-        if kind == "ecg_text_dual_encoder":
+        if kind in ("ecg_text_dual_encoder", "kmerl_query_model"):
             builder_keys.add("init_from")
         sub_configs = {f"{tower}_config" for tower in towers}  # built from the tower keys above
         accepted = builder_keys | (config_class_parameters(composite) - sub_configs)
