@@ -268,3 +268,41 @@ def test_checkpoint_restores_the_vocabulary_with_and_without_cardiomm(tokenizer,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"entities": ["atrial fibrillation", "sinus rhythm", "left bundle branch block"]' in proc.stdout
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_full_lead_evaluation_scores_kmerl_with_its_query_network(tokenizer, tmp_path: Path) -> None:
+    """`evaluate_ecg_text_model` reports the query network's zero-shot next to the cosine one, and its figures are
+    the AUROCs of the sigmoid of `get_query_logits` on the class names."""
+    from datasets import DatasetDict
+
+    from cardiomm import ECGFeatureExtractor, ECGTextProcessor
+    from cardiomm.data.ecg_dataset import label_column, load_ecg_dataset
+    from cardiomm.evaluation.metrics import as_multi_hot, auroc_columns
+    from cardiomm.evaluation.runner import dataset_class_names, evaluate_ecg_text_model
+    from cardiomm.synthetic import synthesize
+
+    synthesize(24, tmp_path / "data", seed=0, write_wfdb_files=False, include_ehr=False, progress=False)
+    data, info = load_ecg_dataset(tmp_path / "data")
+    data = DatasetDict({k: v.with_format("numpy") for k, v in data.items()})
+    model = tiny_model(tokenizer).eval()
+    processor = ECGTextProcessor(ECGFeatureExtractor(sampling_rate=500, crop_length=TIME), tokenizer)
+    with pytest.warns(UserWarning):  # classes without positive test ECGs are left out and named
+        report = evaluate_ecg_text_model(model, processor, data, info, tasks=["rhythm"], fractions=(1.0,), seeds=(0,),
+                                         progress=False)
+    entry = report.results["tasks"]["rhythm"]
+    assert "zero_shot" in entry and "zero_shot_query_network" in entry
+    names = list(info.tasks["rhythm"])
+    class_names = dataset_class_names(info, "rhythm")
+    test = data["test"]
+    with torch.no_grad():
+        queries = model.encode_queries(**processor(text=[class_names[n] for n in names], padding=True,
+                                                   return_tensors="pt"))
+        inputs = processor(ecg=np.asarray(test["ecg"]), sampling_rate=info.sampling_rate, crop="center",
+                           lead_names=info.lead_names, return_tensors="pt")
+        lead_mask = inputs["lead_mask"] & torch.as_tensor(np.asarray(test["lead_mask"]), dtype=torch.bool)
+        probs = model.get_query_logits(inputs["input_values"], lead_mask=lead_mask, time_mask=inputs["time_mask"],
+                                       query_embeds=queries).sigmoid().numpy()
+    expected = auroc_columns(as_multi_hot(np.asarray(test[label_column("rhythm")]), len(names)), probs)
+    got = entry["zero_shot_query_network"]["auroc"]
+    assert got == pytest.approx({n: v for n, v in zip(names, expected) if np.isfinite(v)}, abs=1e-6)
+    assert any(row["protocol"] == "zero-shot (query network)" for row in report.rows)

@@ -39,11 +39,9 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..data.collators import processor_lead_names
@@ -54,7 +52,7 @@ from .linear_probe import linear_probe
 from .metrics import as_multi_hot, auroc_columns, evaluable_classes
 from .results import results_table, save_results
 from .runner import _ECGTower, dataset_class_names, dataset_prompts
-from .zero_shot import class_text_embeddings, l2_normalize
+from .zero_shot import QueryNetworkScorer, class_text_embeddings, l2_normalize, query_encoder
 
 PROTOCOL = __doc__.split("Protocol (written into every results file):", 1)[1].strip()
 
@@ -251,26 +249,6 @@ def load_entity_names(path: str | os.PathLike) -> list[str]:
     return list(entities)
 
 
-def _tokenize(processor: Any, texts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
-    tok = processor(text=list(texts), padding="longest", truncation=True, return_tensors="pt")
-    return {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-def query_encoder(model: Any, processor: Any, batch_size: int = 128) -> Callable[[Sequence[str]], torch.Tensor]:
-    """``encode(texts) -> (Q, text_hidden)`` tensor: the query embeddings of ``model.encode_queries`` for texts
-    tokenised by the processor (not normalised: the cardiac query network takes them as they are)."""
-
-    @torch.inference_mode()
-    def encode(texts: Sequence[str]) -> torch.Tensor:
-        model.eval()
-        device = next(model.parameters()).device
-        out = [model.encode_queries(**_tokenize(processor, texts[i:i + batch_size], device))
-               for i in range(0, len(texts), batch_size)]
-        return torch.cat(out).float()
-
-    return encode
-
-
 def text_tower_encoder(model: Any, processor: Any) -> Callable[[Sequence[str]], np.ndarray]:
     """L2-normalised text embeddings for the seen/unseen split: ``encode_queries`` (the text tower's pooled output)
     when the model has it, else ``get_text_features``."""
@@ -320,28 +298,6 @@ def seen_unseen_split(
     seen = [c for c in labels if similarity[c] > threshold]
     unseen = [c for c in labels if similarity[c] <= threshold]
     return SeenUnseenSplit(float(threshold), seen, unseen, nearest, similarity)
-
-
-class _QueryNetworkScores:
-    """A model's cardiac query network as an ECG "embedder": its ``pooler_output`` is the sigmoid of the query
-    logits of every class ``(batch, C)``, so :func:`embed_ecgs` prepares the ECGs exactly as for the other
-    scorers."""
-
-    def __init__(self, model: Any, query_embeds: torch.Tensor) -> None:
-        self.model = model
-        self.query_embeds = query_embeds
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def eval(self) -> Any:
-        return self.model.eval()
-
-    def get_ecg_features(self, input_values: torch.Tensor, lead_mask: torch.Tensor | None = None,
-                         time_mask: torch.Tensor | None = None) -> SimpleNamespace:
-        logits = self.model.get_query_logits(input_values, lead_mask=lead_mask, time_mask=time_mask,
-                                             query_embeds=self.query_embeds.to(input_values.device))
-        return SimpleNamespace(pooler_output=torch.sigmoid(logits.float()))
 
 
 @dataclass
@@ -595,7 +551,7 @@ def _lead_set_outputs(
                            "query_scores": {}}
     for task, entry in static.items():
         if "queries" in entry:
-            out["query_scores"][task] = embed(_QueryNetworkScores(model, entry["queries"]), "test", normalize=False)
+            out["query_scores"][task] = embed(QueryNetworkScorer(model, entry["queries"]), "test", normalize=False)
     return out
 
 

@@ -3,7 +3,9 @@
 Protocol (written into every results file):
 
 - zero-shot: test split; each class scored by the cosine of the ECG embedding with the mean of its prompt
-  embeddings (prompts from the package's knowledge base); per-class and macro AUROC.
+  embeddings (prompts from the package's knowledge base); per-class and macro AUROC. A model with a cardiac query
+  network (K-MERL) is also scored by it: the class names (knowledge-base entry names) are its queries and the
+  sigmoid of its logits the scores ("zero-shot (query network)").
 - linear probing: frozen ECG-encoder features (``pooler_output``); logistic regression on 1 / 10 / 100 %
   prevalence-keeping fractions of ``train`` over several seeds; the regularisation is chosen on
   ``validation`` only; macro AUROC on ``test`` reported as mean ± std.
@@ -39,7 +41,7 @@ from .metrics import as_multi_hot, classification_metrics, evaluable_classes
 from .plots import plot_roc_curves
 from .results import results_table, save_results
 from .retrieval import median_percentile_rank, precision_at_k
-from .zero_shot import zero_shot_classify
+from .zero_shot import query_network_scores, zero_shot_classify
 
 PROTOCOL = __doc__.split("Protocol (written into every results file):", 1)[1].strip()
 
@@ -242,6 +244,18 @@ def evaluate_ecg_text_model(
             if out is not None:
                 report.files.append(plot_roc_curves(y_test, zs.scores, out / f"roc_zero_shot_{task}.png",
                                                     label_names=names, title=f"zero-shot: {task}"))
+            if hasattr(model, "get_query_logits"):  # K-MERL: the class names are the query network's queries
+                class_names = dataset_class_names(info, task)
+                scores = query_network_scores(model, processor, test, [class_names[n] for n in names], rate,
+                                              batch_size, crop, lead_names=leads, progress=progress)
+                query = classification_metrics(y_test, scores, names, warn=False)
+                entry["zero_shot_query_network"] = {
+                    "macro_auroc": query.macro_auroc, "auroc": dict(query.auroc),
+                    "classes_evaluated": len(query.auroc), "classes_total": len(names),
+                    "left_out": list(query.skipped), "queries": class_names}
+                report.rows.append({"task": task, "encoder": "pretrained", "protocol": "zero-shot (query network)",
+                                    "fraction": "", "result": round(float(query.macro_auroc), 4),
+                                    "metric": "macro AUROC", "classes": f"{len(query.auroc)} of {len(names)}"})
         else:
             skipped.append(SkippedResult(task, "zero-shot", "test", None,
                                          "no class has both a positive and a negative ECG in the test split"))

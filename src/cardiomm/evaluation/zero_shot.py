@@ -6,15 +6,21 @@ the (normalised) ECG embedding and the class embedding.
 
 Classes are matched to label columns by exact name only: the prompts of ``"MI"`` are never used for
 ``"AMI"`` or ``"IMI"``, and a label without prompts is an error, not a partial match.
+
+A model with a cardiac query network (K-MERL: ``encode_queries`` and ``get_query_logits``) also scores classes
+directly: the class names, encoded by its text tower, are the network's queries and the sigmoid of its logits the
+scores (:func:`query_network_scores`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 
 from .metrics import ClassificationMetrics, classification_metrics
 
@@ -133,3 +139,57 @@ def zero_shot_regression(
     weights = np.exp(logits)
     weights /= weights.sum(axis=1, keepdims=True)
     return weights @ values
+
+
+def _tokenize(processor: Any, texts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+    tok = processor(text=list(texts), padding="longest", truncation=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def query_encoder(model: Any, processor: Any, batch_size: int = 128) -> Callable[[Sequence[str]], torch.Tensor]:
+    """``encode(texts) -> (Q, text_hidden)`` tensor: the query embeddings of ``model.encode_queries`` for texts
+    tokenised by the processor (not normalised: the cardiac query network takes them as they are)."""
+
+    @torch.inference_mode()
+    def encode(texts: Sequence[str]) -> torch.Tensor:
+        model.eval()
+        device = next(model.parameters()).device
+        out = [model.encode_queries(**_tokenize(processor, texts[i:i + batch_size], device))
+               for i in range(0, len(texts), batch_size)]
+        return torch.cat(out).float()
+
+    return encode
+
+
+class QueryNetworkScorer:
+    """A model's cardiac query network as an ECG "embedder" for :func:`~cardiomm.evaluation.embeddings.embed_ecgs`:
+    its ``pooler_output`` is the sigmoid of the query logits of every query ``(batch, Q)``, so the ECGs are
+    prepared exactly as for embedding."""
+
+    def __init__(self, model: Any, query_embeds: torch.Tensor) -> None:
+        self.model = model
+        self.query_embeds = query_embeds
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def eval(self) -> Any:
+        return self.model.eval()
+
+    def get_ecg_features(self, input_values: torch.Tensor, lead_mask: torch.Tensor | None = None,
+                         time_mask: torch.Tensor | None = None) -> SimpleNamespace:
+        logits = self.model.get_query_logits(input_values, lead_mask=lead_mask, time_mask=time_mask,
+                                             query_embeds=self.query_embeds.to(input_values.device))
+        return SimpleNamespace(pooler_output=torch.sigmoid(logits.float()))
+
+
+def query_network_scores(model: Any, processor: Any, dataset: Any, class_names: Sequence[str], sampling_rate: float,
+                         batch_size: int = 64, crop: str = "center", lead_names: Sequence[str] | None = None,
+                         progress: bool = True) -> np.ndarray:
+    """(N, C) probabilities of the ECGs of ``dataset`` for the classes named ``class_names``, by a model's cardiac
+    query network (the names are its queries). ``crop="windows"`` takes the median over the test-time windows."""
+    from .embeddings import embed_ecgs
+
+    scorer = QueryNetworkScorer(model, query_encoder(model, processor)(list(class_names)))
+    return embed_ecgs(scorer, processor, dataset, sampling_rate, batch_size, crop, normalize=False,
+                      progress=progress, lead_names=lead_names)
