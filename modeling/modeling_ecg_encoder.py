@@ -375,8 +375,24 @@ class ECGViTEmbeddings(nn.Module):
         return self.dropout(embeddings.reshape(batch_size, num_leads * num_patches, -1))
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """Whether `module` is an unhooked `nn.Linear` with a bias, whose weights can be used directly (a LoRA-wrapped or
+    hooked layer must run as a module)."""
+    return (
+        type(module) is nn.Linear
+        and module.bias is not None
+        and not (module._forward_hooks or module._forward_pre_hooks)
+    )
+
+
 class ECGViTAttention(nn.Module):
-    """Multi-head self-attention (scaled_dot_product_attention) with a key padding mask."""
+    """Multi-head self-attention (scaled_dot_product_attention) with a key padding mask.
+
+    The query, key and value projections are separate `nn.Linear` modules (the names checkpoints, MERL conversion
+    and LoRA use); when all three are plain linear layers they run as one matrix multiply with their weights
+    concatenated at call time, which reads the hidden states once and keeps the parameters and their gradients as
+    they are.
+    """
 
     def __init__(self, config: ECGEncoderConfig) -> None:
         super().__init__()
@@ -388,12 +404,23 @@ class ECGViTAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value of shape (batch, heads, tokens, head_dim) (strided views, no copies)."""
+        batch_size, num_tokens, _ = hidden_states.shape
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if all(_plain_linear(projection) for projection in projections):
+            weight = torch.cat([projection.weight for projection in projections])
+            bias = torch.cat([projection.bias for projection in projections])
+            fused = F.linear(hidden_states, weight, bias)
+            query, key, value = fused.view(batch_size, num_tokens, 3, self.num_heads, self.head_dim).unbind(2)
+        else:
+            shape = (batch_size, num_tokens, self.num_heads, self.head_dim)
+            query, key, value = (projection(hidden_states).view(shape) for projection in projections)
+        return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         batch_size, num_tokens, _ = hidden_states.shape
-        shape = (batch_size, num_tokens, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query, key, value = self.project_qkv(hidden_states)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=self.attention_dropout if self.training else 0.0
         )

@@ -14,6 +14,12 @@ For every backbone and input length the benchmark reports, at a fixed batch size
 
 Timings are the best of ``repeats`` runs after ``warmup`` runs, so that a shared machine's interruptions inflate
 them as little as possible. Run ``python -m cardiomm.benchmarks.encoders --help``.
+
+:func:`benchmark_vit` (``cardiomm bench vit``) sets the transformer encoders against the matrix-multiply rate of
+the same run, per precision: fp32, bf16 autocast (``torch.autocast(device, dtype=torch.bfloat16)``, what mixed
+precision training runs, for forward and training) and a model cast to bf16 (inference). Two baselines, each
+measured right before and right after the model's timings (the better of the two is kept): a 2048^3 matmul, and
+the four linear-layer matmuls of one transformer layer at the model's own shapes (batch x tokens rows).
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ def _best_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
     return min(times)
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
-    """fp32 GFLOP/s of a ``size`` x ``size`` ``torch.matmul`` (best of ``repeats``)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_gflops(
+    size: int = 2048, repeats: int = 5, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
+    """GFLOP/s of a ``size`` x ``size`` ``torch.matmul`` in ``dtype`` (fp32 by default; best of ``repeats``)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
 
     def run() -> None:
         torch.matmul(a, b)
@@ -134,6 +142,131 @@ def benchmark_encoders(
             row["matmul_gflops"] = reference
             row["forward_fraction_of_matmul"] = row["forward_gflops"] / reference
             rows.append(row)
+    return rows
+
+
+def layer_matmul_gflops(
+    rows: int, hidden_size: int, intermediate_size: int, repeats: int = 3, device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """GFLOP/s of the matmuls of one transformer layer's linear layers at the model's shapes: (rows, hidden) x
+    (hidden, 3 hidden) [fused q/k/v], (rows, hidden) x (hidden, hidden) [output], (rows, hidden) x (hidden,
+    intermediate) [fc1] and (rows, intermediate) x (intermediate, hidden) [fc2], run back to back without bias."""
+    tokens = torch.randn(rows, hidden_size, device=device, dtype=dtype)
+    wide = torch.randn(rows, intermediate_size, device=device, dtype=dtype)
+    weights = [torch.randn(hidden_size, n, device=device, dtype=dtype)
+               for n in (3 * hidden_size, hidden_size, intermediate_size)]
+    fc2 = torch.randn(intermediate_size, hidden_size, device=device, dtype=dtype)
+
+    def run() -> None:
+        for weight in weights:
+            torch.matmul(tokens, weight)
+        torch.matmul(wide, fc2)
+        if tokens.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    flops = 2 * rows * hidden_size * (4 * hidden_size + 2 * intermediate_size)
+    return flops / _best_time(run, repeats, warmup=1) / 1e9
+
+
+VIT_PRECISIONS: tuple[str, ...] = ("fp32", "bf16-autocast", "bf16-model")
+
+
+def benchmark_vit(
+    backbones: Sequence[str] = ("vit_tiny", "merl_vit_tiny"),
+    length: int = 5000,
+    batch_size: int = 32,
+    precisions: Sequence[str] = VIT_PRECISIONS,
+    repeats: int = 3,
+    warmup: int = 1,
+    train: bool = True,
+    num_threads: int | None = None,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Forward and training GFLOP/s of transformer encoders against the same run's matrix-multiply rates.
+
+    ``precisions``: ``fp32``; ``bf16-autocast`` (fp32 weights under ``torch.autocast(dtype=torch.bfloat16)``,
+    forward and training); ``bf16-model`` (the model cast to bf16, forward only: inference). One row per
+    (backbone, precision, pass) with ``gflops``, ``matmul_2048_gflops`` / ``matmul_model_shape_gflops`` (the
+    baselines in the matching dtype, the better of a measurement right before and one right after the model's
+    timing) and ``fraction_2048`` / ``fraction_model_shape``.
+    """
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    device = torch.device(device)
+    unknown = sorted(set(precisions) - set(VIT_PRECISIONS))
+    if unknown:
+        raise ValueError(f"unknown precision(s) {unknown}; choose from {list(VIT_PRECISIONS)}")
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rows: list[dict[str, Any]] = []
+    for backbone in backbones:
+        config = ECGEncoderConfig(backbone=backbone)
+        if config.backbone_family not in ("vit", "merl_vit"):
+            raise ValueError(f"{backbone!r} is not a transformer encoder")
+        intermediate_size = int(config.hidden_size * config.mlp_ratio)
+        num_tokens = (length // config.patch_size) * (config.num_leads if config.backbone_family == "vit" else 1)
+        inputs = torch.randn(batch_size, config.num_leads, length, device=device)
+        for precision in precisions:
+            torch.manual_seed(0)
+            model = ECGEncoderModel(config).to(device)
+            dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+            if precision == "bf16-model":
+                model = model.to(dtype)
+            model_inputs = inputs.to(dtype) if precision == "bf16-model" else inputs
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+            passes = ["forward"] + (["train"] if train and precision != "bf16-model" else [])
+            for kind in passes:
+                model.train(kind == "train")
+                with autocast:
+                    flops = count_flops(model, model_inputs[:2], train=kind == "train") / 2
+                if kind == "train":
+                    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+                    def step() -> None:
+                        optimizer.zero_grad(set_to_none=True)
+                        with autocast:
+                            loss = model(model_inputs).pooler_output.float().square().mean()
+                        loss.backward()
+                        optimizer.step()
+                        sync()
+                else:
+                    def step() -> None:
+                        with torch.inference_mode(), autocast:
+                            model(model_inputs)
+                        sync()
+
+                def baselines() -> tuple[float, float]:
+                    return (
+                        matmul_gflops(device=device, dtype=dtype),
+                        layer_matmul_gflops(batch_size * num_tokens, config.hidden_size, intermediate_size,
+                                            device=device, dtype=dtype),
+                    )
+
+                before = baselines()
+                seconds = _best_time(step, repeats, warmup)
+                after = baselines()
+                square, shaped = max(before[0], after[0]), max(before[1], after[1])
+                gflops = flops * batch_size / seconds / 1e9
+                rows.append({
+                    "backbone": backbone,
+                    "precision": precision,
+                    "pass": kind,
+                    "batch_size": batch_size,
+                    "tokens": num_tokens,
+                    "gflop_per_ecg": flops / 1e9,
+                    "ecg_per_s": batch_size / seconds,
+                    "gflops": gflops,
+                    "matmul_2048_gflops": square,
+                    "matmul_model_shape_gflops": shaped,
+                    "fraction_2048": gflops / square,
+                    "fraction_model_shape": gflops / shaped,
+                })
+                if kind == "train":
+                    del optimizer
     return rows
 
 
