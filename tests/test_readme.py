@@ -38,6 +38,12 @@ EXAMPLE_CHECKS = {
         assert os.path.isfile("my-encoder/modeling_ecg_encoder.py")
         assert type(reloaded).__name__ == "ECGEncoderModel"
     """,
+    "K-MERL: knowledge-enhanced pretraining with any subset of leads": """
+        assert tuple(probabilities.shape) == (1, 2), probabilities.shape
+        assert bool(((probabilities > 0) & (probabilities < 1)).all())
+        assert inputs["lead_mask"][0].sum().item() == 2
+        assert model.config.entity_names == ["sinus rhythm", "atrial fibrillation"]
+    """,
 }
 
 

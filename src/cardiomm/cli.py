@@ -67,6 +67,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(format_table(benchmark_feature_extractor(
             args.data_dir, n_records=args.n_records, repeats=5 if args.repeats is None else args.repeats,
         )))
+    elif args.what == "vit":
+        from .benchmarks.encoders import benchmark_vit
+
+        print(format_table(benchmark_vit(
+            backbones=args.backbones, length=args.length, batch_size=args.batch_size, precisions=args.precisions,
+            repeats=args.repeats, warmup=args.warmup, train=not args.no_train, num_threads=args.num_threads,
+            device=args.device,
+        )))
     elif args.what == "synthetic":
         from .benchmarks.synthetic_cohort import benchmark_synthetic
 
@@ -81,6 +89,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.data, num_records=args.num_records, num_proc=args.num_proc, batch_size=args.batch_size,
             num_workers=args.num_workers, min_seconds=args.min_seconds,
         ), floatfmt=".4g"))
+    elif args.what == "kmerl":
+        from .benchmarks.kmerl import benchmark_kmerl
+
+        print(format_table(benchmark_kmerl(
+            variants=args.variants, precisions=args.precisions, batch_size=args.batch_size, length=args.length,
+            num_entities=args.entities, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+            num_threads=args.num_threads,
+        )))
     elif args.what == "pretraining":
         from .benchmarks.pretraining import benchmark_reference_comparison
 
@@ -99,6 +115,53 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_partial_leads(args: argparse.Namespace) -> int:
+    """``cardiomm evaluate --leads/--lead-sets``: the partial-lead protocol instead of the full-lead ones."""
+    from datasets import DatasetDict
+
+    from .data.ecg_dataset import load_ecg_dataset
+    from .evaluation.checkpoint import load_ecg_text_checkpoint
+    from .evaluation.partial_leads import (
+        evaluate_partial_leads,
+        lead_sets_from_options,
+        load_entity_names,
+        parse_lead_counts,
+        parse_lead_set,
+    )
+
+    if args.protocol != "cardiomm" or args.prompts is not None:
+        raise ValueError("--leads/--lead-sets run the partial-lead protocol (zero-shot and 1% linear probe per lead "
+                         "set); it does not combine with --protocol merl/both or --prompts")
+    try:
+        if args.leads is not None:
+            parse_lead_counts(args.leads)
+    except ValueError as err:
+        raise ValueError(f"--leads {err}") from err
+    try:
+        for name in args.lead_sets or ():
+            parse_lead_set(name)
+    except ValueError as err:
+        raise ValueError(f"--lead-sets: {err}") from err
+    lead_sets = lead_sets_from_options(args.leads, args.lead_sets)
+    threshold = 0.95 if args.seen_threshold is None else args.seen_threshold
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"--seen-threshold is a cosine similarity in [-1, 1], got {threshold}")
+    seeds = [0, 1, 2] if args.probe_seeds is None else list(args.probe_seeds)
+    if not seeds:
+        raise ValueError("--probe-seeds needs at least one seed")
+    entities = load_entity_names(args.entities) if args.entities is not None else None
+    model, processor = load_ecg_text_checkpoint(args.model, trust_remote_code=args.trust_remote_code)
+    dataset, info = load_ecg_dataset(args.data)
+    dataset = DatasetDict({k: v.with_format("numpy") for k, v in dataset.items()})
+    report = evaluate_partial_leads(model, processor, dataset, info, lead_sets, tasks=args.tasks or None,
+                                    out_dir=args.out, crop=args.crop, seeds=seeds, entities=entities,
+                                    seen_threshold=threshold,
+                                    entities_source=None if args.entities is None else f"entity file {args.entities}")
+    print(report.markdown())
+    print(f"results written to {args.out} (partial_leads.json, partial_leads.md, partial_leads_<task>.png)")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from datasets import DatasetDict
 
@@ -113,6 +176,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from .evaluation.runner import evaluate_ecg_text_model
 
+    if args.leads is not None or args.lead_sets is not None:
+        return _evaluate_partial_leads(args)
+    if args.entities is not None or args.seen_threshold is not None or args.probe_seeds is not None:
+        raise ValueError("--entities, --seen-threshold and --probe-seeds belong to the partial-lead protocol: add "
+                         "--leads COUNTS and/or --lead-sets NAMES")
     if args.prompts is not None:
         if args.protocol == "cardiomm":
             raise ValueError("--prompts sets the prompts of the MERL protocol: add --protocol merl or --protocol both")
@@ -180,8 +248,31 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_entities(args: argparse.Namespace) -> int:
+    from .knowledge.entity_mining import GenerativeEntityExtractor, KnowledgeBaseExtractor, mine_dataset_entities
+
+    if args.min_count < 1:
+        raise ValueError(f"--min-count must be at least 1, got {args.min_count}")
+    if args.extractor == "generative":
+        if args.model is None:
+            raise ValueError("--extractor generative needs --model FOLDER (a local text-generation model)")
+        extractor = GenerativeEntityExtractor(model=args.model, keep_uncertain=args.keep_uncertain,
+                                              llm_verification=args.llm_verification)
+    else:
+        extractor = KnowledgeBaseExtractor(keep_uncertain=args.keep_uncertain)
+    mined = mine_dataset_entities(args.data, splits=args.splits, text_column=args.text_column, extractor=extractor,
+                                  min_count=args.min_count)
+    path = mined.save(args.out)
+    top = ", ".join(f"{name} ({mined.counts[name]})" for name in mined.entities[:10])
+    print(f"mined {len(mined.entities)} entities ({len(mined.superclasses)} superclasses) from {mined.n_reports} "
+          f"reports with the {extractor.name} extractor at {mined.reports_per_second:.0f} reports/s")
+    print(f"top entities: {top or '-'}")
+    print(f"entity file written to {path}")
+    return 0
+
+
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    """``cardiomm bench encoders|synthetic|data-loading|pretraining``: defaults run the full benchmark; the options
+    """``cardiomm bench encoders|vit|synthetic|data-loading|pretraining``: defaults run the full benchmark; the options
     shrink it."""
     from .modeling.configuration_ecg_encoder import ECG_ENCODER_PRESETS
 
@@ -205,6 +296,24 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     enc.add_argument("--data-dir", default=None,
                      help="folder of WFDB records for the feature extractor (default: synthetic records, and the "
                           "PTB-XL sample of $CARDIOMM_TEST_DATA when present)")
+
+    vit_names = [name for name, preset in ECG_ENCODER_PRESETS.items() if "vit" in preset["backbone_family"]]
+    vit = kinds.add_parser(
+        "vit", help="transformer encoders' forward / training GFLOP/s in fp32 and bf16 against the same run's "
+                    "matrix-multiply rates (2048^3 and the model's own shapes)")
+    vit.add_argument("--backbones", nargs="+", default=["vit_tiny", "merl_vit_tiny"], choices=vit_names,
+                     metavar="NAME", help=f"of {', '.join(vit_names)} (default: vit_tiny merl_vit_tiny)")
+    vit.add_argument("--length", type=int, default=5000, help="input length in samples (12 leads)")
+    vit.add_argument("--batch-size", type=int, default=32, help="ECGs per forward / training step")
+    vit.add_argument("--precisions", nargs="+", default=["fp32", "bf16-autocast", "bf16-model"],
+                     choices=["fp32", "bf16-autocast", "bf16-model"],
+                     help="fp32; bf16-autocast: fp32 weights under torch.autocast(bfloat16), forward and training; "
+                          "bf16-model: the model cast to bf16, forward only (default: all three)")
+    vit.add_argument("--repeats", type=int, default=3, help="timed runs, the best is kept")
+    vit.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    vit.add_argument("--no-train", action="store_true", help="time the forward pass only")
+    vit.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    vit.add_argument("--device", default="cpu")
 
     syn = kinds.add_parser("synthetic", help="speed of the synthetic cohort on one core")
     syn.add_argument("--n-ecgs", type=int, default=512, help="ECGs rendered / simulated")
@@ -242,6 +351,23 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--data", default=None, help="synthetic dataset folder (built there if missing)")
     pre.add_argument("--quick", action="store_true",
                      help="a toy text tower: checks that the benchmark runs, measures nothing")
+    from .benchmarks.kmerl import PRECISIONS as KMERL_PRECISIONS, VARIANTS as KMERL_VARIANTS
+
+    kmerl = kinds.add_parser(
+        "kmerl", help="K-MERL pretraining steps (lead and segment masking) next to MERL with the same ViT size",
+        description="Optimiser steps per second of K-MERL (lead-aware ViT-tiny, 9-11 leads and 25%% of each kept "
+                    "lead's patches masked and dropped, cardiac query network) next to MERL's ViT-tiny and the MERL "
+                    "objective on the lead-aware ViT-tiny, fp32 and bf16 autocast, all timed in one run with "
+                    "alternating rounds; text features precomputed (frozen text tower), data loading excluded.")
+    kmerl.add_argument("--variants", nargs="+", default=list(KMERL_VARIANTS), choices=list(KMERL_VARIANTS))
+    kmerl.add_argument("--precisions", nargs="+", default=list(KMERL_PRECISIONS), choices=list(KMERL_PRECISIONS))
+    kmerl.add_argument("--batch-size", type=int, default=32, help="ECG-report pairs per step (default: 32)")
+    kmerl.add_argument("--length", type=int, default=5000, help="samples per lead (default: 5000, 10 s at 500 Hz)")
+    kmerl.add_argument("--entities", type=int, default=277, help="entity queries of K-MERL (default: the paper's 277)")
+    kmerl.add_argument("--steps", type=int, default=3, help="timed steps per variant and round (default: 3)")
+    kmerl.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (default: 1)")
+    kmerl.add_argument("--rounds", type=int, default=2, help="rounds alternating the variants (default: 2)")
+    kmerl.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
     bench.set_defaults(func=_cmd_bench)
 
 
@@ -288,6 +414,34 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_data_convert)
 
     _add_bench_parser(sub)
+
+    entities = sub.add_parser("entities", help="mine cardiac entities from a dataset's reports (K-MERL)")
+    entities_sub = entities.add_subparsers(dest="entities_command", required=True)
+    mine = entities_sub.add_parser(
+        "mine", help="write the entity file: entity vocabulary, superclass hierarchy and a label per report",
+        description=(
+            "Extract the positive cardiac entities of every report of a cardiomm dataset folder (negated and, "
+            "unless --keep-uncertain, uncertain mentions left out), merge synonyms into one name per entity, "
+            "aggregate subtypes under their superclasses (superclasses are entities too) and write a JSON entity "
+            "file (entities, hierarchy, counts, labels per ecg_id) for knowledge-enhanced pretraining."
+        ),
+    )
+    mine.add_argument("--data", required=True, help="cardiomm dataset folder")
+    mine.add_argument("--out", required=True, help="entity file to write (JSON)")
+    mine.add_argument("--extractor", default="knowledge-base", choices=["knowledge-base", "generative"],
+                      help="'knowledge-base' (default): offline lexicon matching with negation and uncertainty "
+                           "handling; 'generative': a local text-generation model (--model) prompted as in K-MERL, "
+                           "each entity verified in the report")
+    mine.add_argument("--model", default=None, metavar="FOLDER", help="local causal-LM folder for --extractor "
+                                                                      "generative")
+    mine.add_argument("--llm-verification", action="store_true",
+                      help="generative: also ask the model the YES/NO verification prompt per entity")
+    mine.add_argument("--splits", nargs="+", default=None, help="splits to mine (default: all)")
+    mine.add_argument("--text-column", default="report", help="report column (default: report)")
+    mine.add_argument("--min-count", type=int, default=1, help="keep entities of at least this many reports")
+    mine.add_argument("--keep-uncertain", action="store_true",
+                      help="count uncertain mentions ('cannot exclude LVH', 'LVH vs. normal variant') as positive")
+    mine.set_defaults(func=_cmd_entities)
 
     pre = sub.add_parser(
         "pretrain", help="train the objective of an experiment file",
@@ -353,6 +507,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "that leaves no ECG is left out and listed")
     ev.add_argument("--probe-epochs", type=int, default=100,
                     help="merl protocol: linear-probe epochs (default: 100, as MERL)")
+    ev.add_argument("--leads", default=None, metavar="COUNTS",
+                    help="run the partial-lead protocol (K-MERL's Figure 6) instead of the full-lead one: for the "
+                         "first N leads of the order I, II, III, aVF, aVR, aVL, V1-V6 for every N of COUNTS "
+                         "('1..12', '1,2,3,12' or '1..3,12'), and the sets of --lead-sets (default: limb, I, II), "
+                         "zero-shot macro AUROC (cosine; and the query network of a model that has one) and 1%% "
+                         "linear probe (mean ± std over --probe-seeds); other leads are absent (zero, masked). "
+                         "Writes partial_leads.json, partial_leads.md and partial_leads_<task>.png to --out. "
+                         "Does not combine with --protocol merl/both")
+    ev.add_argument("--lead-sets", nargs="+", default=None, metavar="SET",
+                    help="partial-lead protocol: named lead sets (limb, I, II) or comma lists of lead names "
+                         "('V1,V2'); alone, only these sets are evaluated")
+    ev.add_argument("--entities", default=None, metavar="FILE",
+                    help="partial-lead protocol: entity file (cardiomm entities mine) whose entities define the "
+                         "seen classes; default: the model's config.entity_names, if any")
+    ev.add_argument("--seen-threshold", type=float, default=None, metavar="COSINE",
+                    help="partial-lead protocol: a class is seen when the cosine of its name's text embedding with "
+                         "the nearest entity's exceeds this (default: 0.95)")
+    ev.add_argument("--probe-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                    help="partial-lead protocol: seeds of the 1%% linear probe's subsets (default: 0 1 2)")
     ev.add_argument("--trust-remote-code", action="store_true",
                     help="allow importing and running the Python files the checkpoint ships (its auto_map) when "
                          "its model type is not a cardiomm or transformers one; cardiomm checkpoints never need "
