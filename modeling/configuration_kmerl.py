@@ -44,7 +44,11 @@ class KMERLQueryModelConfig(ECGTextDualEncoderConfig):
         query_num_layers (`int`, defaults to 4): Decoder layers of the query network (the paper's 4).
         query_num_heads (`int`, defaults to 4): Attention heads of the query network (the paper's 4).
         query_mlp_ratio (`float`, defaults to 4.0): Feed-forward width of each layer, times `query_hidden_size`.
-        query_dropout (`float`, defaults to 0.1): Dropout in the query network.
+        query_dropout (`float`, defaults to 0.0): Dropout on the query network's attention and feed-forward outputs
+            (0, as the ViT's `dropout`: the paper names none, and on a CPU drawing the masks costs a quarter of the
+            network's training step).
+        query_attention_dropout (`float`, defaults to 0.0): Dropout on its attention probabilities (it also moves
+            attention off the fused kernel).
         query_loss_weight (`float`, defaults to 1.0): Weight of the BCE query loss `L_CQ` in the total loss.
         lead_masking (`bool`, defaults to `True`): Dynamic lead masking and segment masking in training mode.
         min_masked_leads / max_masked_leads (`int`, defaults to 9 / 11):
@@ -68,7 +72,8 @@ class KMERLQueryModelConfig(ECGTextDualEncoderConfig):
     query_num_layers: int = 4
     query_num_heads: int = 4
     query_mlp_ratio: int | float = 4.0
-    query_dropout: int | float = 0.1
+    query_dropout: int | float = 0.0
+    query_attention_dropout: int | float = 0.0
     query_loss_weight: int | float = 1.0
     lead_masking: bool = True
     min_masked_leads: int = 9

@@ -119,17 +119,20 @@ class KMERLQueryDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         width = config.query_hidden_size
         self.self_attention_norm = nn.LayerNorm(width)
-        self.self_attention = KMERLQueryAttention(width, config.query_num_heads, config.query_dropout)
+        self.self_attention = KMERLQueryAttention(width, config.query_num_heads, config.query_attention_dropout)
         self.cross_attention_norm = nn.LayerNorm(width)
-        self.cross_attention = KMERLQueryAttention(width, config.query_num_heads, config.query_dropout)
+        self.cross_attention = KMERLQueryAttention(width, config.query_num_heads, config.query_attention_dropout)
         self.mlp_norm = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, int(width * config.query_mlp_ratio))
         self.fc2 = nn.Linear(int(width * config.query_mlp_ratio), width)
         self.dropout = nn.Dropout(config.query_dropout)
 
     def forward(self, queries: torch.Tensor, ecg_tokens: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """`queries` (batch or 1, num_queries, width) read `ecg_tokens` (batch, tokens, width). Queries shared by
+        every ECG (batch 1, the first layer's) attend to each other once, then go on per ECG."""
         normed = self.self_attention_norm(queries)
         queries = queries + self.dropout(self.self_attention(normed, normed))
+        queries = queries.expand(ecg_tokens.shape[0], -1, -1)
         queries = queries + self.dropout(self.cross_attention(self.cross_attention_norm(queries), ecg_tokens,
                                                               token_mask))
         return queries + self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(self.mlp_norm(queries))))))
@@ -154,8 +157,9 @@ class KMERLCardiacQueryNetwork(nn.Module):
         """Logits (batch, num_queries) of `query_embeds` (num_queries, text hidden) against `ecg_tokens`
         (batch, tokens, ECG hidden), of which `token_mask` (batch, tokens) marks the real ones."""
         context = self.ecg_projection(ecg_tokens)
-        queries = self.query_projection(query_embeds.to(context.dtype))
-        queries = queries.unsqueeze(0).expand(ecg_tokens.shape[0], -1, -1)
+        queries = self.query_projection(query_embeds.to(context.dtype)).unsqueeze(0)  # the same for every ECG
+        if token_mask is not None and not torch.compiler.is_compiling() and bool(token_mask.all()):
+            token_mask = None  # every key attended: SDPA's unmasked kernel
         for layer in self.layers:
             queries = layer(queries, context, token_mask)
         return self.classifier(self.layernorm(queries)).squeeze(-1)
