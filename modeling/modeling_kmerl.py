@@ -34,7 +34,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_kmerl import KMERLQueryModelConfig
 from .modeling_ecg_contrastive import tower_options
-from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput
+from .modeling_ecg_encoder import ECGEncoderModel, ECGEncoderOutput, recorded_patches
 from .modeling_ecg_text import ECGTextDualEncoder
 
 logger = logging.get_logger(__name__)
@@ -322,9 +322,7 @@ class KMERLQueryModel(ECGTextDualEncoder):
         num_patches = length // self.config.ecg_config.patch_size
         if lead_mask is None:
             lead_mask = torch.ones(batch_size, num_leads, dtype=torch.bool, device=input_values.device)
-        patch_mask = None
-        if time_mask is not None:
-            patch_mask = time_mask.bool().reshape(batch_size, num_patches, -1).any(dim=-1)
+        patch_mask = None if time_mask is None else recorded_patches(time_mask, num_patches)
         return masked_token_index(
             lead_mask.bool(), num_patches, self.config.min_masked_leads, self.config.max_masked_leads,
             self.config.segment_masking_ratio, patch_mask=patch_mask, generator=generator,

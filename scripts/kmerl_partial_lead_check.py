@@ -4,7 +4,8 @@
 Runs the `cardiomm` commands a user would run, then prints one comparison table:
 
 1. ``cardiomm pretrain --config kmerl_tiny`` (entities mined from the training and validation reports first);
-2. ``cardiomm pretrain --config merl_tiny`` on the same data and number of steps (8-conv ResNet, all 12 leads);
+2. ``cardiomm pretrain --config merl_tiny`` on the same data and number of steps (8-conv ResNet, all 12 leads;
+   every run gets ``--max-steps``, 900 by default, and a synthetic cohort of ``--n-patients``);
 3. ``cardiomm pretrain --config kmerl_tiny`` again with ``--held-out`` entities left out of the vocabulary (their
    reports still train the contrastive loss), so that their classes are unseen at evaluation;
 4. ``cardiomm evaluate --leads 1,2,3,12`` (and the limb, I and II sets) of the three checkpoints on the held-out
@@ -12,7 +13,8 @@ Runs the `cardiomm` commands a user would run, then prints one comparison table:
 
 Usage::
 
-    python scripts/kmerl_partial_lead_check.py --out outputs/kmerl_check [--max-steps 300] [--data DIR]
+    python scripts/kmerl_partial_lead_check.py --out outputs/kmerl_check [--max-steps 900] [--n-patients 600]
+        [--data DIR]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from cardiomm.tables import format_table
 
-HELD_OUT = ("atrial flutter", "left bundle branch block", "complete left bundle branch block")
+HELD_OUT = ("atrial fibrillation", "left ventricular hypertrophy", "sinus bradycardia")
 
 
 def cardiomm(*args: str) -> None:
@@ -33,9 +35,10 @@ def cardiomm(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cardiomm.cli", *args], check=True)
 
 
-def pretrain(config: str, out: Path, data: Path, max_steps: int | None, *extra: str) -> Path:
+def pretrain(config: str, out: Path, data: Path, max_steps: int, n_patients: int, *extra: str) -> Path:
     if not (out / "model.safetensors").is_file():
-        sets = ["--set", f"data.path={data}"] + (["--set", f"training.max_steps={max_steps}"] if max_steps else [])
+        sets = ["--set", f"data.path={data}", "--set", f"training.max_steps={max_steps}",
+                "--set", f"data.synthetic.n_patients={n_patients}"]
         cardiomm("pretrain", "--config", config, "--output-dir", str(out), *sets, *extra)
     return out
 
@@ -71,15 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/kmerl_check", help="folder for the runs and evaluations")
     parser.add_argument("--data", default="outputs/synthetic", help="dataset folder (the synthetic cohort of the "
                                                                     "shipped files is written there when missing)")
-    parser.add_argument("--max-steps", type=int, default=None, help="training steps of every run (default: shipped)")
+    parser.add_argument("--max-steps", type=int, default=900, help="training steps of every run (default: 900, "
+                                                                   "kmerl_tiny's)")
+    parser.add_argument("--n-patients", type=int, default=600, help="patients of the synthetic cohort")
     parser.add_argument("--leads", default="1,2,3,12", help="lead counts of the partial-lead evaluation")
     parser.add_argument("--held-out", nargs="+", default=list(HELD_OUT), help="entities left out of the vocabulary")
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
 
-    kmerl = pretrain("kmerl_tiny", out / "kmerl", data, args.max_steps)
-    merl = pretrain("merl_tiny", out / "merl", data, args.max_steps)
-    held_out = pretrain("kmerl_tiny", out / "kmerl_held_out", data, args.max_steps,
+    kmerl = pretrain("kmerl_tiny", out / "kmerl", data, args.max_steps, args.n_patients)
+    merl = pretrain("merl_tiny", out / "merl", data, args.max_steps, args.n_patients)
+    held_out = pretrain("kmerl_tiny", out / "kmerl_held_out", data, args.max_steps, args.n_patients,
                         "--set", f"data.entities={kmerl / 'entities.json'}",
                         "--set", f"data.held_out_entities={json.dumps(args.held_out)}")
     results = {name: evaluate(model, data, out / f"eval_{name}", args.leads)
