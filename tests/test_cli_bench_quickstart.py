@@ -66,6 +66,24 @@ def test_bench_encoders_prints_a_row_per_backbone(tmp_path: Path) -> None:
     assert all(row["records"] == "4" and _positive_finite(row["records_per_s"]) for row in extractor)
 
 
+def test_bench_kmerl_compares_the_variants_in_one_table(tmp_path: Path) -> None:
+    run = cardiomm(["bench", "kmerl", "--variants", "merl_lead_vit_tiny", "kmerl_vit_tiny", "--precisions", "fp32",
+                    "--batch-size", "2", "--length", "1000", "--entities", "5", "--steps", "1", "--warmup", "1",
+                    "--rounds", "1"], tmp_path)
+    assert run.returncode == 0, describe(run)
+    (table,) = markdown_tables(run.stdout)
+    rows = {row["variant"]: row for row in table}
+    assert set(rows) == {"merl_lead_vit_tiny", "kmerl_vit_tiny"}
+    # every token of 12 leads x 10 patches, against at most 3 kept leads x 8 kept patches after masking
+    assert float(rows["merl_lead_vit_tiny"]["ecg_tokens"]) == 120
+    assert 8 <= float(rows["kmerl_vit_tiny"]["ecg_tokens"]) <= 24
+    for name, row in rows.items():
+        assert _positive_finite(row["pairs_per_s"]) and float(row[f"vs_{name}"]) == 1.0
+    ratio = float(rows["kmerl_vit_tiny"]["vs_merl_lead_vit_tiny"])
+    expected = float(rows["kmerl_vit_tiny"]["pairs_per_s"]) / float(rows["merl_lead_vit_tiny"]["pairs_per_s"])
+    assert abs(ratio - expected) <= 0.02 * expected + 0.01  # both rounded in the table
+
+
 def test_bench_synthetic_prints_a_row_per_stage(tmp_path: Path) -> None:
     run = cardiomm(["bench", "synthetic", "--n-ecgs", "8", "--n-patients", "12", "--n-delineate", "2",
                     "--repeats", "1"], tmp_path)
