@@ -171,6 +171,18 @@ class _ECGTower:
         return self.model(**kwargs)
 
 
+def _zero_shot_result(report: EvaluationReport, task: str, protocol: str, y_test: np.ndarray, scores: np.ndarray,
+                      names: Sequence[str], **what: Any) -> dict[str, Any]:
+    """The zero-shot entry of a task's results (per-class and macro AUROC, with ``what`` scored the classes), its
+    row added to ``report``."""
+    metrics = classification_metrics(y_test, scores, names, warn=False)
+    report.rows.append({"task": task, "encoder": "pretrained", "protocol": protocol, "fraction": "",
+                        "result": round(float(metrics.macro_auroc), 4), "metric": "macro AUROC",
+                        "classes": f"{len(metrics.auroc)} of {len(names)}"})
+    return {"macro_auroc": metrics.macro_auroc, "auroc": dict(metrics.auroc), "classes_evaluated": len(metrics.auroc),
+            "classes_total": len(names), "left_out": list(metrics.skipped), **what}
+
+
 def evaluate_ecg_text_model(
     model: Any,
     processor: Any,
@@ -234,13 +246,8 @@ def evaluate_ecg_text_model(
         skipped += test_left_out
         zs = zero_shot_classify(zs_embeddings, task_prompts, encode_text, label_names=names)
         if len(test_left_out) < len(names):
-            metrics = classification_metrics(y_test, zs.scores, names, warn=False)
-            entry["zero_shot"] = {"macro_auroc": metrics.macro_auroc, "auroc": dict(metrics.auroc),
-                                  "classes_evaluated": len(metrics.auroc), "classes_total": len(names),
-                                  "left_out": list(metrics.skipped), "prompts": task_prompts}
-            report.rows.append({"task": task, "encoder": "pretrained", "protocol": "zero-shot", "fraction": "",
-                                "result": round(float(metrics.macro_auroc), 4), "metric": "macro AUROC",
-                                "classes": f"{len(metrics.auroc)} of {len(names)}"})
+            entry["zero_shot"] = _zero_shot_result(report, task, "zero-shot", y_test, zs.scores, names,
+                                                   prompts=task_prompts)
             if out is not None:
                 report.files.append(plot_roc_curves(y_test, zs.scores, out / f"roc_zero_shot_{task}.png",
                                                     label_names=names, title=f"zero-shot: {task}"))
@@ -248,14 +255,8 @@ def evaluate_ecg_text_model(
                 class_names = dataset_class_names(info, task)
                 scores = query_network_scores(model, processor, test, [class_names[n] for n in names], rate,
                                               batch_size, crop, lead_names=leads, progress=progress)
-                query = classification_metrics(y_test, scores, names, warn=False)
-                entry["zero_shot_query_network"] = {
-                    "macro_auroc": query.macro_auroc, "auroc": dict(query.auroc),
-                    "classes_evaluated": len(query.auroc), "classes_total": len(names),
-                    "left_out": list(query.skipped), "queries": class_names}
-                report.rows.append({"task": task, "encoder": "pretrained", "protocol": "zero-shot (query network)",
-                                    "fraction": "", "result": round(float(query.macro_auroc), 4),
-                                    "metric": "macro AUROC", "classes": f"{len(query.auroc)} of {len(names)}"})
+                entry["zero_shot_query_network"] = _zero_shot_result(
+                    report, task, "zero-shot (query network)", y_test, scores, names, queries=class_names)
         else:
             skipped.append(SkippedResult(task, "zero-shot", "test", None,
                                          "no class has both a positive and a negative ECG in the test split"))
