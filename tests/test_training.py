@@ -24,9 +24,12 @@ from transformers.utils import ModelOutput
 
 from cardiomm.modeling.contrastive_losses import embedding_clip_loss, unimodal_alignment_loss
 from cardiomm.training import (
+    ModalityGroupedBatchSampler,
     PlateauScheduleWithWarmup,
     TrainingConfig,
     TrainingLoop,
+    build_lr_scheduler,
+    build_optimizer,
     completed_checkpoints,
     decay_parameter_names,
     load_config,
@@ -322,14 +325,18 @@ def _resume_config(out: Path, schedule: str, **overrides) -> TrainingConfig:
 
 
 def _resume_loop(out: Path, schedule: str, resume_from: str | None = None, on_step_end=None) -> TrainingLoop:
+    grouped = schedule == "step"  # SGD, a step schedule and batches grouped like CLERC's
+    overrides = {"optimizer": "sgd", "lr_step_epochs": 1, "learning_rate": 3e-2} if grouped else {}
+    # 20 patients of one modality set, 76 of another: 2 + 9 full batches of 8, and the 8 left over make a 12th
+    batches = ModalityGroupedBatchSampler([i % 5 == 0 for i in range(96)], 8, seed=3) if grouped else None
     return TrainingLoop(
-        make_model(), _resume_config(out, schedule, resume_from=resume_from), PairedDataset(96),
+        make_model(), _resume_config(out, schedule, resume_from=resume_from, **overrides), PairedDataset(96),
         eval_dataset=PairedDataset(32, seed=5), eval_fn=lambda model, accelerator: {"score": 1.0},
-        on_step_end=on_step_end,
+        on_step_end=on_step_end, train_batch_sampler=batches,
     )
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+@pytest.mark.parametrize("schedule", ["cosine", "plateau", "step"])
 def test_killed_run_resumes_to_identical_weights(tmp_path, schedule: str) -> None:
     """A run killed (``os._exit``) after step 9, resumed from its step-8 checkpoint (mid-epoch 2, 4 batches in),
     ends with exactly the weights of an uninterrupted run. Dropout makes the RNG restore matter."""
@@ -361,6 +368,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, schedule: str) -> Non
         assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-9)
     if schedule == "plateau":  # the stalled score halved the rate after every evaluation but the first
         assert float(reference_rows[-1]["lr"]) == pytest.approx(3e-3 / 2**4)
+    if schedule == "step":  # the rate logged after step s is 3e-2 * 0.1 ** (s // 6): ÷ 10 every 6-step epoch
+        assert [float(r["lr"]) for r in reference_rows[4:7]] == pytest.approx([3e-2, 3e-3, 3e-3])
+        assert float(reference_rows[-1]["lr"]) == pytest.approx(3e-5)
 
 
 def _ddp_config(out: Path, batch_size: int) -> TrainingConfig:
@@ -443,6 +453,62 @@ def test_early_stopping_on_a_stalled_metric(tmp_path) -> None:
     )
     result = loop.train()
     assert result.stopped_early and result.global_step == 3 * 2  # best at epoch 1, no improvement at 2 and 3
+
+
+def test_best_model_at_end_is_the_best_evaluation(tmp_path) -> None:
+    """``load_best_model_at_end`` saves the weights of the best evaluation (the 2nd of 3), not the last ones."""
+    scores, weights_at = iter([1.0, 3.0, 2.0]), []
+
+    def evaluate(model, accelerator) -> dict[str, float]:
+        weights_at.append(_weights(accelerator.unwrap_model(model)))
+        return {"score": next(scores)}
+
+    loop = TrainingLoop(
+        make_model(), _config(tmp_path, num_epochs=3, load_best_model_at_end=True, monitor_metric="eval_score",
+                              monitor_mode="max"),
+        PairedDataset(32), eval_fn=evaluate,
+    )
+    loop.train()
+    assert len(weights_at) == 3 and (tmp_path / "best_model" / "model.safetensors").is_file()
+    saved = ToyClipModel.from_pretrained(tmp_path)
+    for key, value in _weights(saved).items():
+        torch.testing.assert_close(value, weights_at[1][key], rtol=0, atol=0, msg=key)
+    assert not torch.equal(weights_at[1]["ecg_tower.0.weight"], weights_at[2]["ecg_tower.0.weight"])
+
+
+def test_modality_grouped_batches_hold_each_patient_once() -> None:
+    """Each patient once per epoch; full batches of one modality set; left-overs batched together; the order a
+    function of (seed, epoch)."""
+    sets = [frozenset({"ecg"})] * 23 + [frozenset({"ecg", "echo"})] * 17 + [frozenset({"echo"})] * 5
+    sampler = ModalityGroupedBatchSampler(sets, batch_size=4, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(45)) and len(batches) == len(sampler) == 12
+    pure = [b for b in batches if len({sets[i] for i in b}) == 1]
+    assert len(pure) >= 5 + 4 + 1  # 23 // 4 + 17 // 4 + 5 // 4 full batches of one modality set
+    assert list(ModalityGroupedBatchSampler(sets, 4, seed=1)) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    dropped = ModalityGroupedBatchSampler(sets, 4, drop_last=True, seed=1)
+    assert all(len(b) == 4 for b in dropped) and len(list(dropped)) == len(dropped) == 11
+    ordered = ModalityGroupedBatchSampler(sets, 4, shuffle=False)
+    assert list(ordered)[0] == [0, 1, 2, 3]
+
+
+def test_sgd_with_a_step_schedule() -> None:
+    model = make_model()
+    config = TrainingConfig(optimizer="sgd", momentum=0.8, learning_rate=0.5, lr_schedule="step", lr_step_epochs=2,
+                            lr_step_factor=0.1, log_with=[])
+    optimizer = build_optimizer(model, config)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.8
+    schedule = build_lr_scheduler(optimizer, config, num_training_steps=30, steps_per_epoch=5)
+    rates = []
+    for _ in range(25):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[9] == pytest.approx(0.5) and rates[10] == pytest.approx(0.05) and rates[20] == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainingConfig(optimizer="lamb")
 
 
 # --------------------------------------------------------------------------------------------------------------------

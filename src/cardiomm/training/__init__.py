@@ -11,13 +11,14 @@ Usage::
 from .checkpointing import VerifiedCheckpoint, completed_checkpoints, resolve_resume_checkpoint, verify_checkpoint
 from .config import ExperimentConfig, TrainingConfig, load_config, save_config
 from .loop import TrainingLoop, TrainingState, TrainResult
-from .sampling import EpochShuffleSampler
+from .sampling import EpochShuffleSampler, ModalityGroupedBatchSampler
 from .optimization import PlateauScheduleWithWarmup, build_lr_scheduler, build_optimizer, decay_parameter_names
 from .text_feature_cache import TextFeatureCache
 
 __all__ = [
     "EpochShuffleSampler",
     "ExperimentConfig",
+    "ModalityGroupedBatchSampler",
     "PlateauScheduleWithWarmup",
     "TextFeatureCache",
     "TrainResult",

@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 
 CONFIG_SECTIONS = ("model", "data", "evaluation", "training")
-LR_SCHEDULES = ("cosine", "constant", "plateau")
+LR_SCHEDULES = ("cosine", "constant", "plateau", "step")
+OPTIMIZERS = ("adamw", "sgd")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TEXT_FEATURE_CACHE = ("auto", "off")
 
@@ -43,7 +44,10 @@ class TrainingConfig:
     ``warmup_steps`` wins over ``warmup_ratio``; ``max_steps`` wins over ``num_epochs``. ``lr_schedule: plateau``
     multiplies the rate by ``plateau_factor`` after ``plateau_patience`` evaluations without improvement of
     ``monitor_metric`` (``eval_loss`` or a name returned by the evaluation callback, ``monitor_mode`` min/max),
-    which also drives ``early_stopping_patience``. ``ddp_find_unused_parameters`` is needed by models that leave
+    which also drives ``early_stopping_patience``; ``lr_schedule: step`` multiplies it by ``lr_step_factor`` every
+    ``lr_step_epochs`` epochs (CLERC: ÷ 10 every 20 epochs). ``optimizer`` is ``adamw`` (``adam_*`` fields) or
+    ``sgd`` (``momentum``). ``load_best_model_at_end`` keeps the weights of the best evaluation of
+    ``monitor_metric`` (in ``<output_dir>/best_model``) and saves those as the final model. ``ddp_find_unused_parameters`` is needed by models that leave
     parameters unused in some batches (multi-task heads, modality encoders absent from a batch).
     ``mixed_precision: auto`` is bf16 on a GPU that supports it, else full precision (or what
     ``accelerate launch`` configured). ``eval_every_steps: null`` evaluates at the end of every epoch.
@@ -58,8 +62,10 @@ class TrainingConfig:
     output_dir: str = "outputs/run"
     seed: int = 42
     # optimisation
+    optimizer: str = "adamw"
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
+    momentum: float = 0.9
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
@@ -70,9 +76,12 @@ class TrainingConfig:
     warmup_ratio: float = 0.0
     plateau_factor: float = 0.5
     plateau_patience: int = 2
+    lr_step_epochs: float = 20
+    lr_step_factor: float = 0.1
     monitor_metric: str = "eval_loss"
     monitor_mode: str = "min"
     early_stopping_patience: int | None = None
+    load_best_model_at_end: bool = False
     # length and batching
     max_steps: int | None = None
     num_epochs: int = 1
@@ -103,6 +112,10 @@ class TrainingConfig:
         self.log_with = [name for name in (self.log_with or []) if name not in ("", "none")]
         checks = [
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (0.0 <= self.momentum < 1.0, "momentum must lie in [0, 1)"),
+            (self.lr_step_epochs > 0, "lr_step_epochs must be positive"),
+            (0.0 < self.lr_step_factor <= 1.0, "lr_step_factor must lie in (0, 1]"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.monitor_mode in ("min", "max"), "monitor_mode must be 'min' or 'max'"),
             (self.learning_rate > 0, "learning_rate must be positive"),

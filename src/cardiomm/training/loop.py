@@ -87,6 +87,7 @@ from .config import ExperimentConfig, TrainingConfig, save_config
 from .optimization import PlateauScheduleWithWarmup, build_lr_scheduler, build_optimizer
 from .sampling import (
     EpochShuffleSampler,
+    KeyedBatchSampler,
     KeyedSampler,
     SeededCollator,
     SeededSamples,
@@ -96,6 +97,9 @@ from .sampling import (
 )
 
 logger = logging.getLogger(__name__)
+
+BEST_MODEL_FOLDER = "best_model"
+"""Sub-folder of ``output_dir`` holding the weights of the best evaluation (``load_best_model_at_end``)."""
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -169,6 +173,11 @@ class TrainingLoop:
             :func:`~cardiomm.training.checkpointing.resolve_resume_checkpoint` or
             :func:`~cardiomm.training.checkpointing.verify_checkpoint`): resume from it without hashing its files
             again; ``None``: start from scratch.
+        train_batch_sampler: optional batch sampler over ``train_dataset`` (lists of indices, with ``epoch`` /
+            ``set_epoch``, its order a function of ``(seed, epoch)``, e.g.
+            :class:`~cardiomm.training.sampling.ModalityGroupedBatchSampler`) replacing the shuffled batches of
+            ``per_device_batch_size``.
+        eval_batch_sampler: optional batch sampler over ``eval_dataset``, used as it is at every evaluation.
     """
 
     def __init__(
@@ -183,6 +192,8 @@ class TrainingLoop:
         on_step_end: StepHook | None = None,
         deepspeed_plugin: DeepSpeedPlugin | None = None,
         resume_checkpoint: VerifiedCheckpoint | Literal["config"] | None = "config",
+        train_batch_sampler: Any | None = None,
+        eval_batch_sampler: Any | None = None,
     ) -> None:
         if isinstance(resume_checkpoint, str) and resume_checkpoint != "config":
             raise ValueError(f"resume_checkpoint must be 'config', a VerifiedCheckpoint or None, not "
@@ -217,29 +228,37 @@ class TrainingLoop:
         seed_everything(cfg.seed)
 
         # samples are read as (epoch, index) keys so that their random draws depend on nothing else
-        self.train_sampler = KeyedSampler(EpochShuffleSampler(len(train_dataset), cfg.seed))
         self._loader_generator = torch.Generator()
+        if train_batch_sampler is not None:  # batches composed by the objective (e.g. grouped by modalities)
+            self.train_sampler = KeyedBatchSampler(train_batch_sampler)
+            batching: dict[str, Any] = {"batch_sampler": self.train_sampler}
+        else:
+            self.train_sampler = KeyedSampler(EpochShuffleSampler(len(train_dataset), cfg.seed))
+            batching = {"batch_size": cfg.per_device_batch_size, "sampler": self.train_sampler,
+                        "drop_last": cfg.drop_last}
         train_loader = DataLoader(
             SeededSamples(train_dataset, cfg.seed),
-            batch_size=cfg.per_device_batch_size,
-            sampler=self.train_sampler,
             collate_fn=SeededCollator(collate_fn, cfg.seed),
             num_workers=cfg.num_workers,
-            drop_last=cfg.drop_last,
             pin_memory=torch.cuda.is_available(),
             generator=self._loader_generator,
+            **batching,
         )
         self._eval_generator = torch.Generator()
         eval_loader = None
         if eval_dataset is not None:
+            if eval_batch_sampler is not None:
+                eval_batching: dict[str, Any] = {"batch_sampler": eval_batch_sampler}
+            else:
+                eval_batching = {"batch_size": cfg.per_device_eval_batch_size or cfg.per_device_batch_size,
+                                 "sampler": SequentialSampler(eval_dataset)}
             eval_loader = DataLoader(  # the same random draws (crops, masks) at every evaluation
                 SeededSamples(eval_dataset, epoch_seed(cfg.seed, 0, stream=2)),
-                batch_size=cfg.per_device_eval_batch_size or cfg.per_device_batch_size,
-                sampler=SequentialSampler(eval_dataset),
                 collate_fn=SeededCollator(collate_fn, epoch_seed(cfg.seed, 0, stream=2)),
                 num_workers=cfg.num_workers,
                 pin_memory=torch.cuda.is_available(),
                 generator=self._eval_generator,
+                **eval_batching,
             )
 
         self._raw_optimizer = build_optimizer(model, cfg)
@@ -265,7 +284,7 @@ class TrainingLoop:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accelerator.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
         # stepped once per optimiser step by the loop (not by Accelerate, which would step it once per process)
-        self.lr_scheduler = build_lr_scheduler(self._raw_optimizer, cfg, self.total_steps)
+        self.lr_scheduler = build_lr_scheduler(self._raw_optimizer, cfg, self.total_steps, self.steps_per_epoch)
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -346,6 +365,8 @@ class TrainingLoop:
             self._save_checkpoint()
         progress.close()
         final_loss = self._mean_across_processes(last_step_losses)
+        if cfg.load_best_model_at_end:
+            self._load_best_model()
         self._save_final_model()
         accelerator.end_training()
         return TrainResult(
@@ -473,6 +494,8 @@ class TrainingLoop:
             if better:
                 state.best_metric = value
                 state.evaluations_without_improvement = 0
+                if cfg.load_best_model_at_end:
+                    self._save_best_model()
             else:
                 state.evaluations_without_improvement += 1
                 patience = cfg.early_stopping_patience
@@ -522,6 +545,40 @@ class TrainingLoop:
             self._rotate_checkpoints()
         accelerator.wait_for_everyone()
         return final
+
+    @property
+    def best_model_file(self) -> Path:
+        """Where ``load_best_model_at_end`` keeps the weights of the best evaluation."""
+        return self.output_dir / BEST_MODEL_FOLDER / MODEL_FILE
+
+    def _save_best_model(self) -> None:
+        """Write the current weights as the best ones (atomically: a crash leaves the earlier best intact)."""
+        accelerator = self.accelerator
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError("load_best_model_at_end is not supported under DeepSpeed; keep checkpoints instead")
+        if accelerator.is_main_process:
+            from safetensors.torch import save_model
+
+            target = self.best_model_file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            save_model(accelerator.unwrap_model(self.model), str(partial))
+            os.replace(partial, target)
+        accelerator.wait_for_everyone()
+
+    def _load_best_model(self) -> None:
+        """Load the weights of the best evaluation (when one was kept) before the final model is saved."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if not self.best_model_file.is_file():
+            logger.warning("load_best_model_at_end: no evaluation kept weights (%s missing); saving the last ones",
+                           self.best_model_file)
+            return
+        from safetensors.torch import load_model
+
+        load_model(accelerator.unwrap_model(self.model), str(self.best_model_file))
+        logger.info("loaded the best weights (%s = %s) from %s", self.config.monitor_metric, self.state.best_metric,
+                    self.best_model_file)
 
     def _rotate_checkpoints(self) -> None:
         if not self.config.keep_last:

@@ -1,11 +1,12 @@
-"""AdamW with weight-decay exclusion and the learning-rate schedules of the training loop."""
+"""The optimisers (AdamW, SGD with momentum) with weight-decay exclusion and the learning-rate schedules of the
+training loop."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from .config import TrainingConfig
@@ -34,8 +35,9 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
     }
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, with weight decay on :func:`decay_parameter_names` only.
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` (AdamW, or SGD with ``momentum`` as CLERC trains) over the trainable parameters, with
+    weight decay on :func:`decay_parameter_names` only.
 
     Frozen parameters (``requires_grad=False``) are left out: a backbone unfrozen later (e.g. after a head
     warm-up) needs a new optimiser, i.e. a second training run.
@@ -48,8 +50,11 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
         {"params": [p for n, p in trainable if n in decay], "weight_decay": config.weight_decay},
         {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
     ]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
+        groups,
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
@@ -109,14 +114,33 @@ class PlateauScheduleWithWarmup(LRScheduler):
         return True
 
 
+def step_schedule_with_warmup(
+    optimizer: torch.optim.Optimizer, num_warmup_steps: int, step_size: int, factor: float
+) -> LambdaLR:
+    """Linear warm-up, then the rate multiplied by ``factor`` every ``step_size`` optimiser steps (``StepLR`` counted
+    in steps, so that a run resumed mid-epoch continues the same schedule)."""
+
+    def scale(step: int) -> float:
+        warm = step / max(1, num_warmup_steps) if step < num_warmup_steps else 1.0
+        return warm * factor ** (step // step_size)
+
+    return LambdaLR(optimizer, scale)
+
+
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainingConfig, num_training_steps: int
+    optimizer: torch.optim.Optimizer, config: TrainingConfig, num_training_steps: int, steps_per_epoch: int = 1
 ) -> LRScheduler:
     """The schedule named by ``config.lr_schedule`` over ``num_training_steps`` optimiser steps.
 
     Warm-up lasts ``warmup_steps``, or ``ceil(warmup_ratio * num_training_steps)`` when ``warmup_steps`` is 0.
+    ``step`` multiplies the rate by ``lr_step_factor`` every ``lr_step_epochs`` epochs of ``steps_per_epoch``
+    optimiser steps.
     """
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * num_training_steps)
+    if config.lr_schedule == "step":
+        return step_schedule_with_warmup(
+            optimizer, warmup, max(1, round(config.lr_step_epochs * steps_per_epoch)), config.lr_step_factor
+        )
     if config.lr_schedule == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup, num_training_steps)
     if config.lr_schedule == "constant":

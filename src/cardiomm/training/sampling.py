@@ -77,6 +77,69 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
+class ModalityGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of patients grouped by the modalities they have, as CLERC trains: each patient once per epoch;
+    patients with the same set of modalities fill batches together (so that every pair of modalities in a batch
+    is present for all of its patients); the patients left over by every group are shuffled and batched
+    together; the batches are then shuffled. The whole order depends only on ``(seed, epoch)``.
+
+    Args:
+        modality_sets: the modalities of each patient (any hashable: a frozenset of names, a tuple of flags).
+        batch_size: patients per batch.
+        drop_last: drop the last, incomplete batch of the left-over patients (the groups give full batches only).
+        seed: the run's seed.
+        shuffle: shuffle (training); ``False`` keeps the patients in order within each group and the batches in
+            group order (evaluation: the same batches every time).
+    """
+
+    def __init__(self, modality_sets: Sequence[Any], batch_size: int, drop_last: bool = False, seed: int = 0,
+                 shuffle: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.modality_sets = list(modality_sets)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        groups: dict[Any, list[int]] = {}
+        for index, key in enumerate(self.modality_sets):
+            groups.setdefault(key, []).append(index)
+        self._groups = [groups[key] for key in sorted(groups, key=lambda k: (-len(groups[k]), repr(k)))]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """The batches of the current epoch."""
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, stream=3))
+        batches: list[list[int]] = []
+        left_over: list[int] = []
+        for members in self._groups:
+            order = rng.permutation(members).tolist() if self.shuffle else list(members)
+            full = len(order) // self.batch_size * self.batch_size
+            batches += [order[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
+            left_over += order[full:]
+        if self.shuffle:
+            left_over = rng.permutation(left_over).tolist()
+        tail = [left_over[i : i + self.batch_size] for i in range(0, len(left_over), self.batch_size)]
+        if tail and self.drop_last and len(tail[-1]) < self.batch_size:
+            tail.pop()
+        batches += tail
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches()
+
+    def __len__(self) -> int:
+        full = sum(len(m) // self.batch_size for m in self._groups)
+        rest = sum(len(m) % self.batch_size for m in self._groups)
+        tail = rest // self.batch_size if self.drop_last else -(-rest // self.batch_size)
+        return full + tail
+
+
 class SampleKey(NamedTuple):
     """What the training sampler yields: the epoch and the index of one sample."""
 
@@ -105,6 +168,29 @@ class KeyedSampler(Sampler[SampleKey]):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class KeyedBatchSampler(Sampler[list[SampleKey]]):
+    """Yields each batch of ``batch_sampler`` (lists of indices, with ``epoch`` / ``set_epoch``, e.g.
+    :class:`ModalityGroupedBatchSampler`) as a list of ``SampleKey(epoch, index)``."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+
+    @property
+    def epoch(self) -> int:
+        return self.batch_sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        epoch = self.batch_sampler.epoch
+        for batch in self.batch_sampler:
+            yield [SampleKey(epoch, int(index)) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
 
 
 class SeededSamples(Dataset):
