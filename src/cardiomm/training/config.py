@@ -47,8 +47,9 @@ class TrainingConfig:
     which also drives ``early_stopping_patience``; ``lr_schedule: step`` multiplies it by ``lr_step_factor`` every
     ``lr_step_epochs`` epochs (CLERC: ÷ 10 every 20 epochs). ``optimizer`` is ``adamw`` (``adam_*`` fields) or
     ``sgd`` (``momentum``). ``load_best_model_at_end`` keeps the weights of the best evaluation of
-    ``monitor_metric`` (in ``<output_dir>/best_model``) and saves those as the final model. ``ddp_find_unused_parameters`` is needed by models that leave
-    parameters unused in some batches (multi-task heads, modality encoders absent from a batch).
+    ``monitor_metric`` (in ``<output_dir>/best_model``) and saves those as the final model.
+    ``ddp_find_unused_parameters`` is needed by models that leave parameters unused in some batches (multi-task
+    heads, modality encoders absent from a batch).
     ``mixed_precision: auto`` is bf16 on a GPU that supports it, else full precision (or what
     ``accelerate launch`` configured). ``eval_every_steps: null`` evaluates at the end of every epoch.
     Every random draw of a run derives from ``seed`` (the weights do not depend on ``num_workers``); ``resume_from``
