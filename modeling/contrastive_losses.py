@@ -36,6 +36,7 @@ __all__ = [
     "embedding_clip_loss",
     "unimodal_alignment_loss",
     "multi_positive_contrastive_loss",
+    "multimodal_clip_loss",
 ]
 
 # labels of the local anchors in the gathered batch, keyed by (device, local batch size, rank) as in open_clip
@@ -300,3 +301,105 @@ def _gather_no_grad(tensor: Tensor) -> Tensor:
     gathered = [torch.empty_like(tensor) for _ in range(world_size)]
     torch.distributed.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered, dim=0)
+
+
+def multimodal_clip_loss(
+    embeds: dict[str, Tensor],
+    masks: dict[str, Tensor | None],
+    logit_scale: Tensor | float,
+    gather: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum of the CLIP losses of every pair of modalities, each over the patients that have both (CLERC).
+
+    Row ``i`` of every modality belongs to patient ``i``. For each pair ``(a, b)`` of distinct modalities (in the
+    order of ``embeds``) with at least two patients having both, in the whole batch when distributed, the pair's
+    loss is :func:`clip_loss` of ``logit_scale`` times the cosine similarities of those patients' ``a`` and ``b``
+    embeddings; pairs with fewer patients contribute nothing. Rows of patients without a modality never enter any
+    logit, so their filler values (zeros, NaN) do not matter.
+
+    Distributed, the embeddings and masks of every process are gathered (embeddings with gradients, through
+    :func:`gather_features`) and, as for the other losses of this module, each process scores its local patients
+    against the gathered batch: the mean over processes of the returned values equals the loss of one process on the
+    concatenated batch, and so do the data-parallel averaged gradients. Every process must pass the same modalities
+    (as keys, in the same order) and batches of the same size.
+
+    Args:
+        embeds: modality -> ``(B, D)`` L2-normalised embeddings of the same ``B`` patients.
+        masks: modality -> ``(B,)`` bool, True for the patients who have it; a missing key or ``None`` means every
+            patient has it.
+        logit_scale: multiplier of the cosine similarities, ``1 / temperature``.
+        gather: compare with the patients of every process when running distributed.
+
+    Returns:
+        ``(loss, pair_losses, pair_counts)``: the sum of the pair losses (0, still connected to the embeddings, when
+        no pair has two patients); ``(K, K)`` pair losses (symmetric, detached, 0 for pairs without a loss and on the
+        diagonal) over the ``K`` modalities of ``embeds``; ``(K, K)`` patients having both modalities, over every
+        process (the diagonal: patients having the modality).
+    """
+    names = list(embeds)
+    if not names:
+        raise ValueError("multimodal_clip_loss needs the embeddings of at least one modality")
+    unknown = sorted(set(masks) - set(names))
+    if unknown:
+        raise ValueError(f"masks of modalities without embeddings: {unknown}")
+    first = embeds[names[0]]
+    batch_size, device = first.shape[0], first.device
+    local_masks: list[Tensor | None] = []
+    for name in names:
+        if embeds[name].dim() != 2 or embeds[name].shape[0] != batch_size:
+            raise ValueError(f"{name} embeddings must have shape ({batch_size}, dim), got {tuple(embeds[name].shape)}")
+        mask = masks.get(name)
+        if mask is not None:
+            if mask.shape != (batch_size,):
+                raise ValueError(f"{name} mask must have shape ({batch_size},), got {tuple(mask.shape)}")
+            mask = mask.to(device=device, dtype=torch.bool)
+        local_masks.append(mask)
+    rank, world_size = _world() if gather else (0, 1)
+    num = len(names)
+
+    if world_size == 1 and all(mask is None for mask in local_masks):
+        counts = [[batch_size] * num for _ in range(num)]  # every patient has every modality: no data-dependent step
+    else:
+        mask_matrix = torch.stack(
+            [m if m is not None else torch.ones(batch_size, dtype=torch.bool, device=device) for m in local_masks], 1
+        )  # (B, K)
+        if world_size > 1:
+            all_masks = _gather_no_grad(mask_matrix)
+            all_embeds = gather_features(torch.stack([embeds[name] for name in names], dim=1))  # (W * B, K, D)
+        else:
+            all_masks = mask_matrix
+        present = all_masks.float()  # exact counts up to 2**24 patients
+        counts = (present.T @ present).round().long().tolist()
+
+    pair_losses = torch.zeros(num, num, device=device, dtype=first.dtype)
+    loss = None
+    for i in range(num):
+        for j in range(i + 1, num):
+            if counts[i][j] < 2:
+                continue
+            a, b = embeds[names[i]], embeds[names[j]]
+            if world_size == 1:
+                if local_masks[i] is not None or local_masks[j] is not None:
+                    both = mask_matrix[:, i] & mask_matrix[:, j]
+                    a, b = a[both], b[both]
+                pair_loss = clip_loss(logit_scale * a @ b.T)
+            else:
+                both_local = mask_matrix[:, i] & mask_matrix[:, j]
+                both_all = all_masks[:, i] & all_masks[:, j]
+                # position of each local patient having both among the gathered patients having both
+                positions = (torch.cumsum(both_all.long(), 0) - 1)[rank * batch_size:(rank + 1) * batch_size]
+                labels = positions[both_local]
+                logits_a = logit_scale * a[both_local] @ all_embeds[both_all, j].T
+                logits_b = logit_scale * b[both_local] @ all_embeds[both_all, i].T
+                summed = F.cross_entropy(logits_a, labels, reduction="sum") + F.cross_entropy(
+                    logits_b, labels, reduction="sum"
+                )
+                pair_loss = 0.5 * summed * world_size / counts[i][j]
+            pair_losses[i, j] = pair_losses[j, i] = pair_loss.detach()
+            loss = pair_loss if loss is None else loss + pair_loss
+    if loss is None:  # no pair: a zero that still reaches every input, so that backward() works
+        loss = sum(embeds[name].sum() for name in names) * 0.0
+        if isinstance(logit_scale, Tensor):
+            loss = loss + logit_scale.sum() * 0.0
+    pair_counts = torch.tensor(counts, dtype=torch.long, device=device)
+    return loss, pair_losses, pair_counts

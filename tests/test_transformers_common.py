@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from transformers import BertConfig, PretrainedConfig
+from transformers import BertConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
 from cardiomm import (
+    CLERCMultiEncoder,
+    CLERCMultiEncoderConfig,
     ECGEncoderConfig,
     ECGEncoderForSequenceClassification,
     ECGEncoderModel,
@@ -26,6 +28,8 @@ from cardiomm import (
     ECGTextDualEncoderConfig,
     KMERLQueryModel,
     KMERLQueryModelConfig,
+    R2Plus1DConfig,
+    R2Plus1DVideoModel,
     SEHRBertConfig,
     SEHRBertForMaskedLM,
     SEHRBertModel,
@@ -323,3 +327,107 @@ class SEHRECGTextModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCas
     test_resize_embeddings = False  # the vocabulary is the text tower's (its config's vocab_size): resize the tower
     has_attentions = False  # the ECG tower returns no attention weights
     skipped_tests = COMPOSITE_SKIPS
+
+
+# ---------------------------------------------------------------------------------- video encoder and CLERC
+
+FRAMES, FRAME_SIZE, IMAGE_SIZE = 4, 16, 32
+CLERC_REPORTS = ("ecg_report", "echo_report", "angiogram_report", "chest_xray_report")
+
+
+def r2plus1d_config(**overrides) -> R2Plus1DConfig:
+    return R2Plus1DConfig(**{"hidden_sizes": [4, 8], "depths": [1, 1], "strides": [1, 2], "stem_width": 3,
+                             **overrides})
+
+
+def clerc_config() -> CLERCMultiEncoderConfig:
+    """Every tower tiny; CLIP's text tower with the legacy end-of-text id 2 (pooled at the highest token id)."""
+    return CLERCMultiEncoderConfig(
+        ecg_config=resnet_config(), echo_config=r2plus1d_config(), angiogram_config=r2plus1d_config(stem_width=5),
+        chest_xray_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8),
+        text_config=CLIPTextConfig(vocab_size=TEXT_VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                   num_attention_heads=2, max_position_embeddings=32, pad_token_id=0,
+                                   bos_token_id=1, eos_token_id=2),
+        projection_dim=16,
+    )
+
+
+def video_inputs() -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(BATCH, 3, FRAMES, FRAME_SIZE, FRAME_SIZE, generator=_generator(3))}
+
+
+def clerc_inputs() -> dict[str, torch.Tensor]:
+    """Every modality for every patient (the masks are checked in test_clerc_model.py); no loss unless the test asks
+    for one (`labels_for`), so that outputs compare row by row."""
+    generator = _generator(4)
+    inputs = {
+        "ecg_values": ecg_inputs()["input_values"],
+        "echo_values": torch.randn(BATCH, 3, FRAMES, FRAME_SIZE, FRAME_SIZE, generator=generator),
+        "angiogram_values": torch.randn(BATCH, 3, FRAMES, FRAME_SIZE, FRAME_SIZE, generator=generator),
+        "chest_xray_values": torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "return_loss": False,
+    }
+    for report in CLERC_REPORTS:
+        text = text_inputs()
+        inputs[f"{report}_input_ids"] = torch.randint(3, TEXT_VOCAB, (BATCH, TOKENS), generator=generator)
+        inputs[f"{report}_attention_mask"] = text["attention_mask"]
+    return inputs
+
+
+NO_VIDEO_EMBEDDINGS = "does not apply: the input is a video, not tokens (no input embedding layer)"
+PER_MODALITY_INPUTS = ("does not apply: the mixin calls it with the inputs named input_ids / pixel_values* among the "
+                       "model's forward inputs, and CLERC names them per modality (`<report>_input_ids`, "
+                       "`echo_values`, ...); test_clerc_model.py checks the feature methods")
+CLERC_STATES = ("does not apply: as in transformers' own CLIPModelTest, a composite model returns its towers' hidden "
+                "states inside their outputs (`ecg_model_output`, `echo_model_output`, ..., `text_model_output`), "
+                "not at the top level; the tower classes run these tests, and test_clerc_model.py checks that "
+                "output_hidden_states reaches every tower")
+
+
+class R2Plus1DVideoModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (R2Plus1DVideoModel,)
+    base_model_classes = (R2Plus1DVideoModel,)
+    get_config = staticmethod(r2plus1d_config)
+    get_inputs = staticmethod(video_inputs)
+    expected_num_hidden_layers = 3  # the stem and each of the two stages
+    test_resize_embeddings = False
+    has_attentions = False  # convolutions
+    skipped_tests = {"test_model_get_set_embeddings": NO_VIDEO_EMBEDDINGS}
+
+    def test_hidden_states_output(self) -> None:
+        """As transformers' own CNN tests (ResNet): the stem's and every stage's feature map, (batch, channels,
+        frames, height, width), asked for in the call or in the configuration."""
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        # stem: spatial stride 2; stage 1: stride 1; stage 2: stride 2 in time and space
+        expected = [(BATCH, 4, FRAMES, FRAME_SIZE // 2, FRAME_SIZE // 2), (BATCH, 4, FRAMES, FRAME_SIZE // 2,
+                    FRAME_SIZE // 2), (BATCH, 8, FRAMES // 2, FRAME_SIZE // 4, FRAME_SIZE // 4)]
+        for via_config in (False, True):
+            config.output_hidden_states = via_config
+            model = R2Plus1DVideoModel(config).eval()
+            with torch.no_grad():
+                outputs = model(**inputs, **({} if via_config else {"output_hidden_states": True}))
+            self.assertEqual([tuple(h.shape) for h in outputs.hidden_states], expected)
+            torch.testing.assert_close(outputs.hidden_states[-1], outputs.last_hidden_state)
+            torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state.mean(dim=(2, 3, 4)))
+
+
+class CLERCMultiEncoderModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (CLERCMultiEncoder,)
+    get_config = staticmethod(clerc_config)
+    get_inputs = staticmethod(clerc_inputs)
+    seq_length = TOKENS
+    test_resize_embeddings = False  # the vocabulary is the text tower's (its config's vocab_size): resize the tower
+    has_attentions = False  # the ECG and video towers return no attention weights
+    skipped_tests = {
+        **{name: CLERC_STATES for name in COMPOSITE_SKIPS},
+        **{name: PER_MODALITY_INPUTS for name in (
+            "test_get_text_features_output_0", "test_get_text_features_output_1", "test_get_text_features_output_2",
+            "test_get_text_features_hidden_states", "test_get_text_features_attentions",
+            "test_get_video_features_output_0", "test_get_video_features_output_1",
+            "test_get_video_features_output_2", "test_get_video_features_hidden_states",
+            "test_get_video_features_attentions")},
+    }
+
+    def labels_for(self, model_class, inputs):
+        return {"return_loss": True}

@@ -10,13 +10,16 @@ top-level names cost nothing beyond ``import cardiomm``.
 __version__ = "0.1.0"
 
 from . import auto as _auto  # noqa: F401  (registration with the Auto classes)
+from .modeling.configuration_clerc import CLERCMultiEncoderConfig
 from .modeling.configuration_ecg_contrastive import ECGContrastiveConfig, ECGDualEncoderConfig
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
 from .modeling.configuration_kmerl import KMERLQueryModelConfig
+from .modeling.configuration_r2plus1d import R2Plus1DConfig
 from .modeling.configuration_sehr_bert import SEHRBertConfig
 from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
+from .modeling.modeling_clerc import CLERCMultiEncoder, CLERCOutput
 from .modeling.modeling_ecg_encoder import (
     ECGEncoderForSequenceClassification,
     ECGEncoderModel,
@@ -28,13 +31,17 @@ from .modeling.modeling_ecg_contrastive import ECGContrastiveModel, ECGContrasti
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder, ECGSEHROutput
 from .modeling.modeling_ecg_text import ECGTextDualEncoder, ECGTextOutput
 from .modeling.modeling_kmerl import KMERLQueryModel, KMERLQueryOutput
+from .modeling.modeling_r2plus1d import R2Plus1DPreTrainedModel, R2Plus1DVideoModel
 from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel, SEHRBertPreTrainedModel
 from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel, SEHRECGTextOutput
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
+from .processing.image_processing_chest_xray import ChestXrayImageProcessor
+from .processing.processing_clerc import CLERCProcessor
 from .processing.processing_ecg_text import ECGTextProcessor
 from .processing.processing_ecg_sehr import ECGSEHRProcessor
 from .processing.processing_sehr_ecg_text import SEHRECGTextProcessor
 from .processing.tokenization_medical_codes import MedicalCodeTokenizer
+from .processing.video_processing_cardiac import CardiacVideoProcessor
 
 __all__ = [
     # configurations
@@ -46,6 +53,8 @@ __all__ = [
     "ECGSEHRDualEncoderConfig",
     "SEHRBertConfig",
     "SEHRECGTextConfig",
+    "R2Plus1DConfig",
+    "CLERCMultiEncoderConfig",
     # ECG encoders
     "ECGEncoderPreTrainedModel",
     "ECGEncoderModel",
@@ -64,6 +73,11 @@ __all__ = [
     "ECGSEHROutput",
     "SEHRECGTextModel",
     "SEHRECGTextOutput",
+    # video encoder and the CLERC multimodal model
+    "R2Plus1DPreTrainedModel",
+    "R2Plus1DVideoModel",
+    "CLERCMultiEncoder",
+    "CLERCOutput",
     # structured EHR
     "SEHRBertPreTrainedModel",
     "SEHRBertModel",
@@ -74,4 +88,7 @@ __all__ = [
     "ECGSEHRProcessor",
     "SEHRECGTextProcessor",
     "MedicalCodeTokenizer",
+    "CardiacVideoProcessor",
+    "ChestXrayImageProcessor",
+    "CLERCProcessor",
 ]

@@ -17,20 +17,25 @@ from transformers import (
     AutoTokenizer,
 )
 
+from .modeling.configuration_clerc import CLERCMultiEncoderConfig
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
 from .modeling.configuration_kmerl import KMERLQueryModelConfig
+from .modeling.configuration_r2plus1d import R2Plus1DConfig
 from .modeling.configuration_sehr_bert import SEHRBertConfig
 from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
+from .modeling.modeling_clerc import CLERCMultiEncoder
 from .modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
 from .modeling.modeling_ecg_text import ECGTextDualEncoder
 from .modeling.modeling_kmerl import KMERLQueryModel
+from .modeling.modeling_r2plus1d import R2Plus1DVideoModel
 from .modeling.modeling_sehr_bert import SEHRBertForMaskedLM, SEHRBertModel
 from .modeling.modeling_sehr_ecg_text import SEHRECGTextModel
 from .processing.feature_extraction_ecg import ECGFeatureExtractor
 from .processing.processing_ecg_sehr import ECGSEHRProcessor
+from .processing.processing_clerc import CLERCProcessor
 from .processing.processing_ecg_text import ECGTextProcessor
 from .processing.processing_sehr_ecg_text import SEHRECGTextProcessor
 from .processing.tokenization_medical_codes import MedicalCodeTokenizer
@@ -43,6 +48,8 @@ CONFIGS = (
     (SEHRBertConfig.model_type, SEHRBertConfig),
     (ECGSEHRDualEncoderConfig.model_type, ECGSEHRDualEncoderConfig),
     (SEHRECGTextConfig.model_type, SEHRECGTextConfig),
+    (R2Plus1DConfig.model_type, R2Plus1DConfig),
+    (CLERCMultiEncoderConfig.model_type, CLERCMultiEncoderConfig),
 )
 #: (Auto class, config class, model class).
 MODELS = (
@@ -54,6 +61,8 @@ MODELS = (
     (AutoModelForMaskedLM, SEHRBertConfig, SEHRBertForMaskedLM),
     (AutoModel, ECGSEHRDualEncoderConfig, ECGSEHRDualEncoder),
     (AutoModel, SEHRECGTextConfig, SEHRECGTextModel),
+    (AutoModel, R2Plus1DConfig, R2Plus1DVideoModel),
+    (AutoModel, CLERCMultiEncoderConfig, CLERCMultiEncoder),
 )
 
 
@@ -69,6 +78,7 @@ def register_all() -> None:
         AutoProcessor.register(config_class, ECGTextProcessor, exist_ok=True)
     AutoProcessor.register(ECGSEHRDualEncoderConfig, ECGSEHRProcessor, exist_ok=True)
     AutoProcessor.register(SEHRECGTextConfig, SEHRECGTextProcessor, exist_ok=True)
+    AutoProcessor.register(CLERCMultiEncoderConfig, CLERCProcessor, exist_ok=True)
     AutoTokenizer.register(SEHRBertConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
     for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig):
         AutoFeatureExtractor.register(config_class, ECGFeatureExtractor, exist_ok=True)

@@ -248,6 +248,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_r2plus1d(args: argparse.Namespace) -> int:
+    from .conversion.r2plus1d import convert_r2plus1d_checkpoint
+
+    print(convert_r2plus1d_checkpoint(args.state_dict, args.out, config=args.config).describe())
+    return 0
+
+
 def _cmd_entities(args: argparse.Namespace) -> int:
     from .knowledge.entity_mining import GenerativeEntityExtractor, KnowledgeBaseExtractor, mine_dataset_entities
 
@@ -595,6 +602,22 @@ def build_parser() -> argparse.ArgumentParser:
     merl.add_argument("--text-model-name", default="ncbi/MedCPT-Query-Encoder",
                       help="Hub id of MERL's text tower, recorded in the config (default: ncbi/MedCPT-Query-Encoder)")
     merl.set_defaults(func=_cmd_convert)
+    r2plus1d = convert_sub.add_parser(
+        "r2plus1d", help="torchvision's R(2+1)D-18 state dict (Kinetics-400) as an R2Plus1DVideoModel",
+        description=(
+            "Convert a torchvision r2plus1d_18 state dict (e.g. the Kinetics-400 weights r2plus1d_18-91a641e6.pth) "
+            "into an R2Plus1DVideoModel folder that AutoModel.from_pretrained loads, the echocardiogram / angiogram "
+            "encoder of CLERC (CLERCMultiEncoder.from_modality_pretrained(echo=DIR, angiogram=DIR)). The file is "
+            "read with torch.load(weights_only=True), so no code in it runs. The 400-class classifier fc.* is "
+            "dropped; any other key the model has no place for, a weight of the model missing from the file, or a "
+            "tensor of the wrong shape is an error listing them."
+        ),
+    )
+    r2plus1d.add_argument("--state-dict", required=True, metavar="FILE.pth", help="torchvision state dict (.pth)")
+    r2plus1d.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    r2plus1d.add_argument("--config", default=None, metavar="CONFIG.json",
+                          help="R2Plus1DConfig fields as JSON, for another width or depth (default: r2plus1d_18)")
+    r2plus1d.set_defaults(func=_cmd_convert_r2plus1d)
     return parser
 
 
