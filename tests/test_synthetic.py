@@ -50,6 +50,10 @@ def has(cohort, label: str) -> np.ndarray:
     return cohort.labels[:, SYNTHETIC_CONDITIONS.index(label)].astype(bool)
 
 
+def paced(cohort) -> np.ndarray:
+    return cohort.ecgs["pacemaker"].to_numpy(bool)
+
+
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     positive, negative = positive[np.isfinite(positive)], negative[np.isfinite(negative)]
     y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
@@ -64,7 +68,7 @@ def test_same_seed_gives_a_bit_identical_cohort():
     b = generate_cohort(n_patients=12, seed=11)
     c = generate_cohort(n_patients=12, seed=12)
     assert np.array_equal(a.waveforms, b.waveforms)
-    for name in ("patients", "encounters", "ecgs", "ehr_events", "labs", "imaging"):
+    for name in ("patients", "encounters", "ecgs", "ehr_events", "labs", "imaging", "imaging_samples"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
     assert a.waveforms.shape != c.waveforms.shape or not np.array_equal(a.waveforms, c.waveforms)
 
@@ -99,13 +103,13 @@ def test_labels_are_consistent_and_every_condition_has_positives(cohort):
     assert (y[:, rhythm_cols].sum(1) == 1).all()
     norm = has(cohort, "normal ECG")
     only_sr = (y.sum(1) - norm == 1) & has(cohort, "sinus rhythm")
-    assert np.array_equal(norm, only_sr)
+    assert np.array_equal(norm, only_sr & ~paced(cohort))  # a paced ECG is never a normal ECG
     assert not (has(cohort, "left bundle branch block") & has(cohort, "right bundle branch block")).any()
     assert not (has(cohort, "first degree AV block") & ~y[:, rhythm_cols[:3]].any(1)).any()
     counts = y.sum(0)
     assert counts.min() >= 8, dict(zip(SYNTHETIC_CONDITIONS, counts))
-    for labels in cohort.ecgs["labels"]:
-        assert normalize_conditions(labels) == list(labels)
+    for labels, is_paced in zip(cohort.ecgs["labels"], paced(cohort)):
+        assert normalize_conditions(labels, paced=is_paced) == list(labels)
 
 
 def test_inconsistent_condition_sets_are_rejected():
@@ -126,7 +130,7 @@ def test_true_attributes_follow_the_conditions(cohort):
     assert (pr[has(cohort, "sinus rhythm") & ~has(cohort, "first degree AV block")] <= 200).all()
     assert np.isnan(pr[has(cohort, "atrial fibrillation") | has(cohort, "atrial flutter")]).all()
     bbb = has(cohort, "left bundle branch block") | has(cohort, "right bundle branch block")
-    assert (qrs[bbb] >= 120).all() and (qrs[~bbb] < 120).all()
+    assert (qrs[bbb | paced(cohort)] >= 120).all() and (qrs[~bbb & ~paced(cohort)] < 120).all()
     assert qtc[has(cohort, "prolonged QT")].min() > np.percentile(qtc[has(cohort, "normal ECG")], 95)
     axis = e["true_qrs_axis"].to_numpy()
     assert (axis[has(cohort, "left axis deviation")] < -30).all()
@@ -148,7 +152,7 @@ def test_logistic_regression_on_measured_attributes_separates_rhythms(cohort):
     train[splits["train"]], test[splits["test"]] = True, True
     normal = has(cohort, "normal ECG")
     for rhythm in ("sinus bradycardia", "sinus tachycardia", "atrial fibrillation"):
-        pos = has(cohort, rhythm)
+        pos = has(cohort, rhythm) & ~paced(cohort)
         fit = (pos | normal) & train
         model = LogisticRegression(max_iter=1000).fit(x[fit], pos[fit])
         held = (pos | normal) & test
@@ -170,7 +174,7 @@ def test_measured_intervals_reflect_conduction_and_rhythm(cohort):
     assert np.nanmedian(pr[avb]) > np.nanmedian(pr[normal]) + 40
     assert auroc(pr[avb], pr[normal & slow]) > 0.9
     irregular = e["measured_rr_irregularity"].to_numpy()
-    af = has(cohort, "atrial fibrillation")
+    af = has(cohort, "atrial fibrillation") & ~paced(cohort)  # a pacemaker paces regularly over AF
     assert auroc(irregular[af], irregular[normal]) > 0.95
     qtc = e["measured_qtc"].to_numpy()
     assert auroc(qtc[has(cohort, "prolonged QT")], qtc[normal]) > 0.85
@@ -372,18 +376,80 @@ def test_imaging_follows_the_patient_state(imaging_cohort):
     for modality, shape in (("echo", ECHO_SHAPE), ("angiogram", ANGIOGRAM_SHAPE), ("chest_xray", CHEST_XRAY_SHAPE)):
         arr = c.imaging_arrays[modality]
         assert arr.dtype == np.uint8 and arr.shape == (int((studies["modality"] == modality).sum()), *shape)
+    assert ECHO_SHAPE[0] >= 32 and ANGIOGRAM_SHAPE[0] >= 32 and max(ECHO_SHAPE[1:] + ANGIOGRAM_SHAPE[1:]) <= 112
+    # several samples per study (echo 1-3 clips, angiogram 2-4 runs, chest X-ray 1-2 images)
+    counts = c.imaging_samples.groupby("study_id").size()
+    per_study = studies.set_index("study_id")
+    assert (counts == per_study.loc[counts.index, "n_samples"]).all()
+    for modality, (lo, hi) in {"echo": (1, 3), "angiogram": (2, 4), "chest_xray": (1, 2)}.items():
+        n = per_study.loc[per_study["modality"] == modality, "n_samples"]
+        assert n.min() >= lo and n.max() <= hi and n.max() > lo, modality
+    # studies at ECG encounters (same time as the ECG) and at other visits
+    at_ecg = studies["ecg_id"].notna()
+    assert 0 < (~at_ecg).sum() < at_ecg.sum()
+    ecg_time = c.ecgs.set_index("ecg_id")["acquisition_time"]
+    assert (studies.loc[at_ecg, "time"].to_numpy() == ecg_time.loc[studies.loc[at_ecg, "ecg_id"]].to_numpy()).all()
     echo = studies[studies["modality"] == "echo"]
     video = c.imaging_arrays["echo"].astype(float)
-    centre = video[:, :, 12:52, 20:44]
+    centre = video[:, :, 8:30, 30:44]  # the left ventricle of the apical four-chamber view
     cavity = (centre < 30).mean(axis=(2, 3))  # dark blood pool per frame
     shrink = 1 - cavity.min(1) / cavity.max(1)
-    assert np.corrcoef(shrink, echo["lvef"].to_numpy())[0, 1] > 0.7
+    assert np.corrcoef(shrink, echo["lvef"].to_numpy())[0, 1] > 0.6
     xray = studies[studies["modality"] == "chest_xray"]
-    bright = (c.imaging_arrays["chest_xray"][:, 70:100].astype(float) > 170).sum(2).max(1)
-    assert np.corrcoef(bright, xray["cardiothoracic_ratio"].to_numpy())[0, 1] > 0.7
+    width = (c.imaging_arrays["chest_xray"][:, 155:175].astype(float) > 150).sum(2).max(1)  # cardiac silhouette
+    assert np.corrcoef(width, xray["cardiothoracic_ratio"].to_numpy())[0, 1] > 0.6
     for report, lvef in zip(echo["report"], echo["lvef"]):
         assert f"{int(round(lvef))}%" in report
     ds = build_dataset(c, include_ehr=False)
     part = ds["train"]
     for row_has, echo_arr, text in zip(part["has_echo"], part["echo"], part["echo_report"]):
         assert (echo_arr is not None) == row_has == bool(text)
+
+
+# pacemaker
+
+
+def test_paced_ecgs_show_spikes_and_wide_qrs_and_leave_other_records_alone():
+    conditions = [["sinus rhythm"], ["atrial fibrillation"], ["sinus tachycardia"], ["atrial flutter"]] * 6
+    paced_rows = np.arange(len(conditions)) % 3 == 0
+    x, attrs = simulate_ecgs(conditions, seed=4, paced=paced_rows, return_attributes=True)
+    unpaced = simulate_ecgs(conditions, seed=4)
+    assert np.array_equal(x[~paced_rows], unpaced[~paced_rows])  # records without a pacemaker are unchanged
+    slope = np.abs(np.diff(x, axis=-1)).max(axis=(1, 2))
+    assert slope[paced_rows].min() > 5 * slope[~paced_rows].max()  # narrow high-amplitude stimuli
+    assert (attrs["qrs_duration"][paced_rows] >= 120).all() and (attrs["qrs_duration"][~paced_rows] < 120).all()
+    assert (attrs["qrs_axis"][paced_rows] < -30).all()  # right-ventricular apical pacing: left superior axis
+    # one stimulus per beat, then the QRS; over AF the pacemaker paces regularly at its lower rate
+    spikes = [np.flatnonzero(np.abs(np.diff(rec[1])) > 0.6 * np.abs(np.diff(rec[1])).max()) for rec in x[paced_rows]]
+    counts = np.array([1 + int((np.diff(k) > 10).sum()) for k in spikes])
+    assert np.all(np.abs(counts - attrs["n_beats"][paced_rows]) <= 1)
+    af_paced = paced_rows & (np.array([c[0] for c in conditions]) == "atrial fibrillation")
+    assert (attrs["rr_irregularity"][af_paced] < 0.01).all() and (attrs["heart_rate"][af_paced] <= 71).all()
+    with pytest.raises(ValueError, match="paced"):
+        simulate_ecgs([["left bundle branch block"]], paced=[True])
+
+
+def test_pacemaker_patients_reports_and_labels(cohort):
+    patients = cohort.patients
+    assert 0.04 < patients["pacemaker_implant"].notna().mean() < 0.2
+    e = cohort.ecgs
+    is_paced = paced(cohort)
+    assert is_paced.sum() >= 10
+    implant = patients.set_index("patient_id")["pacemaker_implant"].loc[e["patient_id"]].to_numpy()
+    assert np.array_equal(is_paced, pd.notna(implant) & (implant <= e["acquisition_time"].to_numpy()))
+    pacing = re.compile(r"pac(ed|ing|emaker)", re.IGNORECASE)
+    assert all(pacing.search(r) for r in e["report"][is_paced])
+    assert not any(pacing.search(r) for r in e["report"][~is_paced])
+    wording = re.compile(r"(ventricular|pacemaker|v-)[ -]?pac(ed|ing|emaker)( rhythm)?|paced rhythm", re.I)
+    phrases = {m.group(0).lower() for r in e["report"][is_paced] for m in wording.finditer(r)}
+    assert len(phrases) >= 4, phrases  # varied phrasing
+    assert all("PACE" in codes for codes in e["scp_codes"][is_paced])
+    hidden = {"left bundle branch block", "right bundle branch block", "normal ECG", "left ventricular hypertrophy"}
+    assert not any(hidden & set(labels) for labels in e["labels"][is_paced])
+    slope = np.abs(np.diff(cohort.waveforms, axis=-1)).max(axis=(1, 2))
+    assert slope[is_paced].min() > 3 * np.percentile(slope[~is_paced], 99)
+    assert (e["true_qrs_duration"][is_paced] >= 120).all()
+    row = build_dataset(cohort, include_ehr=False)["train"]
+    assert row.features["pacemaker"].dtype == "bool"
+    by_id = dict(zip(e["ecg_id"], is_paced))
+    assert [by_id[i] for i in row["ecg_id"]] == row["pacemaker"]

@@ -27,6 +27,15 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         f"synthetic cohort: {sum(splits.values())} ECGs of {args.n_patients} patients written to {out} "
         f"(splits: {', '.join(f'{k}={v}' for k, v in splits.items())}{wfdb})"
     )
+    if args.imaging:
+        from .data.imaging_studies import load_imaging_studies
+
+        studies = load_imaging_studies(out, check_files=False)
+        counts = ", ".join(
+            f"{m}: {part['study_id'].nunique()} studies / {len(part)} files"
+            for m, part in studies.groupby("modality", sort=False)
+        )
+        print(f"imaging: {counts} in {out / 'imaging'} (manifest studies.parquet)")
     return 0
 
 
@@ -386,13 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build the synthetic cohort or convert a real dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="generate the synthetic cardiology cohort as a dataset folder")
-    synth.add_argument("--n-patients", type=int, default=500)
+    synth.add_argument("--n-patients", "--patients", dest="n_patients", type=int, default=500)
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--imaging", action="store_true", help="also generate toy echo/angiogram/X-ray data")
+    synth.add_argument("--imaging", action="store_true",
+                       help="also write echo videos (AVI), angiograms (DICOM) and chest X-rays (PNG) with their "
+                            "reports and labels under OUT/imaging (manifest studies.parquet)")
     synth.add_argument("--measure", action="store_true", help="delineate every ECG (neurokit2) for measured attributes")
     synth.add_argument("--no-wfdb", action="store_true", help="skip writing the WFDB copy of the waveforms")
-    synth.add_argument("--num-proc", type=int, default=1)
+    synth.add_argument("--num-proc", type=int, default=1,
+                       help="processes for --measure and for rendering the --imaging files")
     synth.set_defaults(func=_cmd_data_synth)
 
     conv = data_sub.add_parser(

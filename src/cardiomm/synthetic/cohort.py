@@ -3,12 +3,18 @@
 A cohort is a set of patients (age, sex, risk factors) followed over 2010-2022 through encounters. Chronic
 cardiac conditions start at an onset date and stay (bundle branch blocks, LVH, infarctions, axis deviation,
 low voltage, first-degree AV block); atrial fibrillation and flutter come in episodes; sinus brady- and
-tachycardia, PVCs and QT prolongation are transient. At each ECG encounter the patient's state sets the
-ECG's labels, its 12-lead waveform (:mod:`cardiomm.synthetic.ecg`), a free-text report
-(:mod:`cardiomm.synthetic.reports`), labs and echo values, and optional imaging
-(:mod:`cardiomm.synthetic.imaging`); every encounter leaves coded EHR events
-(:mod:`cardiomm.synthetic.ehr`). Wave attributes are stored as modelled (``true_*``) and, optionally,
-as measured from the signal by delineation (``measured_*``, neurokit2 on lead II).
+tachycardia, PVCs and QT prolongation are transient. About one patient in ten gets a permanent pacemaker (more
+often when older or with conduction disease, atrial fibrillation, infarction or a weaker heart), implanted at some
+time and present from then on: the ECGs after it are ventricular paced (``pacemaker``; pacing hides the
+conduction and QRS findings, :data:`~cardiomm.synthetic.ecg.HIDDEN_BY_PACING`), and echo, angiogram and chest
+X-ray show the device. At each ECG encounter the patient's state sets the ECG's labels, its 12-lead waveform
+(:mod:`cardiomm.synthetic.ecg`), a free-text report (:mod:`cardiomm.synthetic.reports`), labs and echo values;
+every encounter leaves coded EHR events (:mod:`cardiomm.synthetic.ehr`). Imaging studies (echo, coronary
+angiogram, chest X-ray; :mod:`cardiomm.synthetic.imaging`) are done at ECG encounters and at other visits, each
+with its report, labels and several samples (echo clips, angiographic runs, radiographs); they are rendered on
+request (``imaging=True``) or written as files with a manifest (:func:`write_imaging`, ``cardiomm data synth
+--imaging``). Wave attributes are stored as modelled (``true_*``) and, optionally, as measured from the signal by
+delineation (``measured_*``, neurokit2 on lead II).
 
 Everything is deterministic in ``seed``. The same cohort can be written as WFDB records plus metadata
 (:func:`write_wfdb`) or as a Hugging Face dataset in the shared cardiomm layout (:func:`build_dataset`,
@@ -17,9 +23,11 @@ Everything is deterministic in ``seed``. The same cohort can be written as WFDB 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +45,7 @@ from ..data.ecg_dataset import (
 )
 from ..data.splits import DEFAULT_SPLIT_FRACTIONS, patient_level_split
 from .ecg import (
+    HIDDEN_BY_PACING,
     RHYTHMS,
     SCP_CODES,
     STANDARD_LEAD_ORDER,
@@ -63,12 +72,15 @@ from .imaging import (
     CHEST_XRAY_SHAPE,
     CORONARY_ARTERIES,
     ECHO_SHAPE,
+    FRAME_RATE,
+    LUNG_LOBES,
+    OCCLUSION_THRESHOLD,
     angiogram_report,
     chest_xray_report,
     echo_report,
-    render_angiogram,
-    render_chest_xray,
-    render_echo,
+    render_angiogram_run,
+    render_chest_xray_image,
+    render_echo_clip,
 )
 from .reports import write_ecg_reports
 
@@ -79,10 +91,13 @@ __all__ = [
     "SyntheticCohort",
     "build_dataset",
     "generate_cohort",
+    "imaging_manifest",
     "measure_wave_attributes",
+    "render_imaging_sample",
     "save_synthetic_dataset",
     "synthesize",
     "synthetic_dataset_info",
+    "write_imaging",
     "write_wfdb",
 ]
 
@@ -114,17 +129,27 @@ class SyntheticCohort:
     """A generated cohort: tables (pandas) plus the ECG waveforms and optional imaging arrays.
 
     - ``patients``: one row per patient (``patient_id``, ``sex``, ``birth_date``, risk factors, the onset
-      date of each chronic condition ``onset_<scp code>`` (NaT if never), prescribing choices, ECG traits)
+      date of each chronic condition ``onset_<scp code>`` (NaT if never), prescribing choices, ECG traits,
+      ``pacemaker_implant`` (NaT if never))
     - ``encounters``: ``encounter_id, patient_id, time, setting, has_ecg``
     - ``ecgs``: one row per ECG (``ecg_id, patient_id, encounter_id, acquisition_time, age, sex, rhythm,
-      labels, scp_codes, mi_stage, report, report_labels, report_complete, true_<attribute>,
-      measured_<attribute>``, the test flags ``has_echo``, ``has_angiogram``, ``has_chest_xray``, ``seed``)
+      labels, scp_codes, mi_stage, pacemaker, report, report_labels, report_complete, true_<attribute>,
+      measured_<attribute>``, the test flags ``has_echo``, ``has_angiogram``, ``has_chest_xray``, ``seed``);
+      ``mi_stage`` is the patient's infarct stage even where pacing hides the infarct from the labels
     - ``waveforms``: (N ECGs, 12, T) float32 mV, leads in :data:`STANDARD_LEAD_ORDER`, rows as ``ecgs``
     - ``ehr_events``: ``patient_id, encounter_id, time, event_type, code_system, code, description``
     - ``labs``: one row per ECG, ``ecg_id`` and :data:`LAB_UNITS` columns (NaN when not measured)
-    - ``imaging``: one row per study (``study_id, patient_id, ecg_id, modality, time, report`` and the
-      values it shows: ``lvef, ivs_thickness, cardiothoracic_ratio, effusion, stenosis_<artery>``)
-    - ``imaging_arrays``: modality -> (studies of that modality, ...) uint8, in ``imaging`` row order
+    - ``imaging``: one row per study, by patient and time (``study_id, patient_id, ecg_id`` (None when not at an
+      ECG encounter), ``encounter_id, modality, time, age, sex, report, n_samples`` and what it shows: echo
+      ``lvef, ivs_thickness, heart_rate, irregular_rhythm, dyssynchrony, anterior_akinesis, inferior_akinesis``;
+      angiogram ``stenosis_<artery>, lesion_position_<artery>, stented_<artery>`` and ``lad_occlusion,
+      lcx_occlusion, rca_occlusion`` (stenosis >= :data:`~cardiomm.synthetic.imaging.OCCLUSION_THRESHOLD`); chest
+      X-ray ``cardiothoracic_ratio, effusion, edema, consolidation, consolidation_lobe, cardiomegaly`` (ratio >
+      0.5); all ``pacemaker``)
+    - ``imaging_samples``: one row per sample (``sample_id, study_id, patient_id, modality, view, sample_index,
+      seed, path``): echo 1-3 clips, angiogram 2-4 runs, chest X-ray 1-2 images
+    - ``imaging_arrays`` (``imaging=True``): modality -> (studies of that modality, ...) uint8, the first
+      sample of each study, in ``imaging`` row order
     - ``parameters``: the waveform model's parameters per ECG
     """
 
@@ -137,6 +162,7 @@ class SyntheticCohort:
     imaging: pd.DataFrame
     parameters: ECGParameters
     imaging_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    imaging_samples: pd.DataFrame = field(default_factory=pd.DataFrame)
     sampling_rate: int = SAMPLING_RATE
     seed: int = 0
 
@@ -234,6 +260,17 @@ def _sample_patients(n: int, rng: np.random.Generator, ecgs_per_patient: tuple[i
     cols["trait_axis"] = np.clip(rng.normal(45, 22, n) - 0.3 * (age - 55), -20, 85)
     cols["trait_voltage"] = np.exp(rng.normal(0, 0.12, n) - 0.15 * rf["obesity"])
     cols["trait_rotation"] = rng.normal(0, 12, n)
+    # drawn last, so that the draws above do not depend on them: a dilated cardiomyopathy that lowers the LVEF,
+    # and a permanent pacemaker (more often when older or with conduction disease, atrial fibrillation,
+    # infarction or a weaker heart)
+    cardiomyopathy = rng.random(n) < 0.05 + 0.001 * np.maximum(age - 40, 0) + 0.08 * lbbb
+    cols["lvef_offset"] = cols["lvef_offset"] - cardiomyopathy * rng.uniform(10, 32, n)
+    p_pacer = (0.008 + 0.003 * np.maximum(age - 55, 0) + 0.18 * lbbb + 0.1 * has["first degree AV block"]
+               + 0.07 * has["atrial fibrillation"] + 0.04 * mi + 0.06 * (cols["lvef_offset"] < -4))
+    pacer = rng.random(n) < np.clip(p_pacer, 0.0, 0.6)
+    earliest = first - 4 * _YEAR
+    implant = earliest + (last - earliest) * rng.random(n)
+    cols["pacemaker_implant"] = pd.Series(implant).where(pacer, pd.NaT).to_numpy()
     return pd.DataFrame(cols)
 
 
@@ -513,61 +550,256 @@ def measure_wave_attributes(
     return pd.DataFrame(rows, columns=list(WAVE_ATTRIBUTES)).astype(float)
 
 
+def _paced_labels(labels: list[str]) -> list[str]:
+    """The labels of a ventricular-paced ECG of a patient whose own conduction would show ``labels``: the atrial
+    rhythm (sinus bradycardia is paced up to the lower rate), PVCs and QT prolongation; pacing hides the rest."""
+    kept = [c for c in labels if c not in HIDDEN_BY_PACING and c != "normal ECG"]
+    if "sinus bradycardia" in labels:
+        kept.append("sinus rhythm")
+    return normalize_conditions(kept, paced=True)
+
+
+_MI_SITES = ("anterior myocardial infarction", "inferior myocardial infarction")
+_IMAGING_COLUMNS = [
+    "study_id", "patient_id", "ecg_id", "encounter_id", "modality", "time", "age", "sex", "report", "n_samples",
+    "lvef", "ivs_thickness", "heart_rate", "irregular_rhythm", "dyssynchrony", "anterior_akinesis",
+    "inferior_akinesis", "pacemaker", "cardiothoracic_ratio", "effusion", "edema", "consolidation",
+    "consolidation_lobe", "cardiomegaly",
+] + [f"{k}_{a}" for k in ("stenosis", "lesion_position", "stented") for a in CORONARY_ARTERIES] + [
+    "lad_occlusion", "lcx_occlusion", "rca_occlusion",
+]
+_SAMPLE_FOLDERS = {"echo": ("echo", ".avi"), "angiogram": ("angiogram", ".dcm"), "chest_xray": ("chest_xray", ".png")}
+
+
+def _coronary_anatomy(patients: pd.DataFrame, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+    """Per patient, the coronary disease that every angiogram of that patient shows: background narrowing and
+    lesion position of LAD / LCx / RCA, significant lesions and chronic total occlusions with the risk factors,
+    the artery of an inferior infarction (RCA, or LCx in a fifth) and whether an unstented culprit stays occluded."""
+    anatomy = {}
+    for p in patients.to_dict(orient="records"):
+        had_mi = any(pd.notna(p[_ONSET_COLUMN[c]]) for c in _MI_SITES)
+        base = np.where(rng.random(3) < 0.5, rng.uniform(0.1, 0.5, 3), rng.uniform(0.0, 0.1, 3))
+        risk = 0.03 + 0.03 * (p["diabetes"] + p["smoker"] + p["hyperlipidemia"]) + 0.08 * had_mi
+        base = np.where(rng.random(3) < risk, rng.uniform(0.7, 0.92, 3), base)
+        base = np.where(rng.random(3) < np.array([1.0, 1.5, 1.0]) * (0.02 + 0.08 * had_mi), 1.0, base)
+        anatomy[p["patient_id"]] = {
+            "stenosis": base,
+            "position": rng.uniform(0.12, 0.45, 3),
+            "inferior_culprit": 1 if rng.random() < 0.35 else 2,
+            "culprit_occluded": rng.random() < 0.5,
+        }
+    return anatomy
+
+
+def _study_state(
+    p: Mapping[str, Any], ecg: Any, lab: Mapping[str, Any], t: pd.Timestamp, at_ecg: bool, rng: np.random.Generator
+) -> dict:
+    """What the imaging of a patient shows at time ``t``: from the ECG done at that encounter (``at_ecg``) or from
+    the patient's most recent ECG before ``t`` (LVEF and septum with a little drift), infarctions and their
+    stage, LBBB and LVH from the onset dates, a pacemaker from its implant date."""
+    on = {c: pd.notna(p[_ONSET_COLUMN[c]]) and p[_ONSET_COLUMN[c]] <= t for c in _CHRONIC}
+    mi_onsets = [p[_ONSET_COLUMN[c]] for c in _MI_SITES if on[c]]
+    implant = p["pacemaker_implant"]
+    pacemaker = bool(pd.notna(implant) and implant <= t)
+    lvef, ivs, hr = float(lab["lvef"]), float(lab["ivs_thickness"]), float(ecg.true_heart_rate)
+    if not at_ecg:
+        lvef = float(np.clip(lvef + rng.normal(0, 2), 12, 75))
+        ivs = float(np.clip(ivs + rng.normal(0, 0.4), 6, 22))
+        hr = float(hr * np.exp(rng.normal(0, 0.06)))
+        if pacemaker and not ecg.pacemaker:
+            hr = max(hr, 60.0)
+    return {
+        "time": t,
+        "age": float((t - p["birth_date"]).days / 365.25),
+        "sex": p["sex"],
+        "lvef": lvef,
+        "ivs_thickness": ivs,
+        "heart_rate": hr,
+        "irregular_rhythm": bool(ecg.rhythm == "atrial fibrillation" and not (pacemaker or ecg.pacemaker)),
+        "anterior": on["anterior myocardial infarction"],
+        "inferior": on["inferior myocardial infarction"],
+        "acute": bool(mi_onsets) and (t - min(mi_onsets)) <= pd.Timedelta(days=7),
+        "lvh": on["left ventricular hypertrophy"],
+        "dyssynchrony": on["left bundle branch block"] or pacemaker,
+        "pacemaker": pacemaker,
+    }
+
+
+def _echo_study(st: dict, rng: np.random.Generator) -> dict:
+    report = echo_report(st["lvef"], st["ivs_thickness"], st["anterior"], st["inferior"], rng,
+                         pacemaker=st["pacemaker"], atrial_fibrillation=st["irregular_rhythm"],
+                         dyssynchrony=st["dyssynchrony"])
+    return {"lvef": st["lvef"], "ivs_thickness": st["ivs_thickness"], "heart_rate": st["heart_rate"],
+            "irregular_rhythm": st["irregular_rhythm"], "dyssynchrony": st["dyssynchrony"],
+            "anterior_akinesis": st["anterior"], "inferior_akinesis": st["inferior"], "report": report}
+
+
+def _angiogram_study(st: dict, p: Mapping[str, Any], anatomy: dict, rng: np.random.Generator) -> dict:
+    stenosis = np.clip(anatomy["stenosis"] + rng.normal(0, 0.03, 3), 0, 0.98)
+    stenosis = np.where(anatomy["stenosis"] >= OCCLUSION_THRESHOLD, 1.0, stenosis)
+    stented = np.zeros(3, bool)
+    for site, culprit in (("anterior", 0), ("inferior", anatomy["inferior_culprit"])):
+        if not st[site]:
+            continue
+        if st["acute"]:
+            stenosis[culprit] = 1.0 if rng.random() < 0.7 else rng.uniform(0.9, 0.98)
+        elif p["pci"]:
+            stenosis[culprit], stented[culprit] = rng.uniform(0.0, 0.3), True
+        else:
+            stenosis[culprit] = 1.0 if anatomy["culprit_occluded"] else rng.uniform(0.75, 0.95)
+    position = anatomy["position"]
+    row: dict[str, Any] = {"report": angiogram_report(stenosis, rng, position, stented, pacemaker=st["pacemaker"])}
+    for j, a in enumerate(CORONARY_ARTERIES):
+        row[f"stenosis_{a}"] = float(stenosis[j])
+        row[f"lesion_position_{a}"] = float(position[j])
+        row[f"stented_{a}"] = bool(stented[j])
+        row[f"{a.lower()}_occlusion"] = bool(stenosis[j] >= OCCLUSION_THRESHOLD)
+    return row
+
+
+def _chest_xray_study(st: dict, p: Mapping[str, Any], previous: dict | None, rng: np.random.Generator) -> dict:
+    lvef = st["lvef"]
+    ctr = 0.44 + 0.0045 * max(0.0, 55 - lvef) + 0.05 * st["lvh"] + 0.001 * (st["age"] - 60) + rng.normal(0, 0.02)
+    ctr = float(np.clip(ctr, 0.36, 0.72))
+    p_edema = (0.6 if lvef < 35 else 0.45 if lvef < 40 else 0.12 if lvef < 50 else 0.04)
+    p_edema += 0.2 * (st["acute"] and lvef < 45)
+    edema = bool(rng.random() < p_edema)
+    effusion = bool(rng.random() < (0.5 if edema else 0.05 + 0.15 * (lvef < 35)))
+    lobe = str(rng.choice(LUNG_LOBES)) if rng.random() < 0.07 + 0.06 * p["copd"] else None
+    report = chest_xray_report(ctr, effusion, rng, edema=edema, consolidation=lobe, pacemaker=st["pacemaker"],
+                               previous=previous)
+    return {"cardiothoracic_ratio": ctr, "effusion": effusion, "edema": edema, "consolidation": lobe is not None,
+            "consolidation_lobe": lobe, "cardiomegaly": ctr > 0.5, "report": report}
+
+
+def _sample_views(modality: str, st: dict, rng: np.random.Generator) -> list[str]:
+    """The views of a study's samples: echo 1-3 clips (A4C first), angiogram 2-4 runs (a left and a right
+    injection first), chest X-ray 1-2 images (AP first in hospital, else PA)."""
+    if modality == "echo":
+        n = 1 + int(rng.random() < 0.55) + int(rng.random() < 0.25)
+        return ["A4C", "A2C", "A4C"][:n]
+    if modality == "angiogram":
+        n = 2 + int(rng.random() < 0.5) + int(rng.random() < 0.25)
+        extra = list(rng.permutation(["LCA LAO cranial", "LCA RAO cranial"]))
+        return (["LCA RAO caudal", "RCA LAO"] + [str(v) for v in extra])[:n]
+    first = "AP" if st["acute"] or st["lvef"] < 35 else "PA"
+    return [first, "PA" if first == "AP" else "AP"][: 1 + int(rng.random() < 0.35)]
+
+
 def _imaging_studies(
     ecgs: pd.DataFrame,
     latent: pd.DataFrame,
+    patients: pd.DataFrame,
+    encounters: pd.DataFrame,
     rng: np.random.Generator,
     render: bool,
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    rows = []
-    lab = latent.set_index("ecg_id")
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """Imaging studies (one row each), their samples (one row per video / image, with its view and rendering
+    seed) and, with ``render``, the first sample of each study as arrays per modality.
+
+    Studies are done at ECG encounters (``has_echo`` / ``has_angiogram`` / ``has_chest_xray``) and at the
+    patient's other visits after the first ECG (echo more often with low LVEF or a pacemaker, chest X-ray with low
+    LVEF or COPD, angiography after an infarction or with risk factors).
+    """
+    pat = {p["patient_id"]: p for p in patients.to_dict(orient="records")}
+    lab = {r["ecg_id"]: r for r in latent.to_dict(orient="records")}
+    anatomy = _coronary_anatomy(patients, rng)
+    records = sorted(ecgs.itertuples(index=False), key=lambda e: (e.patient_id, e.acquisition_time))
+    by_patient: dict[str, tuple[list[pd.Timestamp], list[Any]]] = {}
+    for e in records:
+        times, mine = by_patient.setdefault(e.patient_id, ([], []))
+        times.append(e.acquisition_time)
+        mine.append(e)
+    plans: list[tuple[str, Any, Any, pd.Timestamp, str, str | None]] = []
     for e in ecgs.itertuples(index=False):
-        labels = set(e.labels)
-        ant = "anterior myocardial infarction" in labels
-        inf = "inferior myocardial infarction" in labels
-        lv = lab.loc[e.ecg_id]
-        base = {"patient_id": e.patient_id, "ecg_id": e.ecg_id, "time": e.acquisition_time}
-        if e.has_echo:
-            rows.append({**base, "modality": "echo", "lvef": lv.lvef, "ivs_thickness": lv.ivs_thickness,
-                         "anterior_akinesis": ant, "inferior_akinesis": inf,
-                         "report": echo_report(lv.lvef, lv.ivs_thickness, ant, inf, rng)})
-        if e.has_angiogram:
-            sten = np.where(rng.random(3) < 0.4, rng.uniform(0.0, 0.5, 3), rng.uniform(0.0, 0.25, 3))
-            culprit = {"anterior": [0], "inferior": [2]}
-            severe = (0.9, 1.0) if e.mi_stage == "acute" else (0.7, 0.92)
-            for site, on in (("anterior", ant), ("inferior", inf)):
-                if on:
-                    sten[culprit[site]] = rng.uniform(*severe)
-            stenosis = {f"stenosis_{a}": s for a, s in zip(CORONARY_ARTERIES, sten)}
-            rows.append({**base, "modality": "angiogram", **stenosis, "report": angiogram_report(sten, rng)})
-        if e.has_chest_xray:
-            lvh = "left ventricular hypertrophy" in labels
-            ctr = 0.44 + 0.0045 * max(0.0, 55 - lv.lvef) + 0.05 * lvh + 0.001 * (e.age - 60) + rng.normal(0, 0.02)
-            ctr = float(np.clip(ctr, 0.36, 0.72))
-            eff = bool(lv.lvef < 35 and rng.random() < 0.6)
-            rows.append({**base, "modality": "chest_xray", "cardiothoracic_ratio": ctr, "effusion": eff,
-                         "report": chest_xray_report(ctr, eff, rng)})
-    cols = ["study_id", "patient_id", "ecg_id", "modality", "time", "report", "lvef", "ivs_thickness",
-            "anterior_akinesis", "inferior_akinesis", "cardiothoracic_ratio", "effusion"]
-    cols += [f"stenosis_{a}" for a in CORONARY_ARTERIES]
-    studies = pd.DataFrame(rows).reindex(columns=cols)
-    studies["study_id"] = [f"S{i:07d}" for i in range(len(studies))]
+        for modality in ("echo", "angiogram", "chest_xray"):
+            if getattr(e, f"has_{modality}"):
+                plans.append((modality, e, e, e.acquisition_time, e.encounter_id, e.ecg_id))
+    for v in encounters[~encounters["has_ecg"]].itertuples(index=False):
+        times, mine = by_patient[v.patient_id]
+        k = bisect.bisect_left(times, v.time) - 1  # the patient's most recent ECG before this visit
+        if k < 0:
+            continue
+        e = mine[k]
+        low_ef = lab[e.ecg_id]["lvef"] < 40
+        p = pat[v.patient_id]
+        paced = pd.notna(p["pacemaker_implant"]) and p["pacemaker_implant"] <= v.time
+        had_mi = e.mi_stage != ""
+        if rng.random() < 0.12 + 0.2 * low_ef + 0.15 * paced:
+            plans.append(("echo", e, None, v.time, v.encounter_id, None))
+        if rng.random() < 0.12 + 0.15 * low_ef + 0.1 * p["copd"]:
+            plans.append(("chest_xray", e, None, v.time, v.encounter_id, None))
+        if rng.random() < 0.04 + 0.15 * had_mi + 0.03 * (p["diabetes"] or p["hyperlipidemia"]):
+            plans.append(("angiogram", e, None, v.time, v.encounter_id, None))
+    plans.sort(key=lambda x: (x[1].patient_id, x[3], ("echo", "angiogram", "chest_xray").index(x[0])))
+
+    rows, samples = [], []
+    previous_xray: dict[str, dict] = {}
+    for modality, e, at_ecg, t, encounter_id, ecg_id in plans:
+        p = pat[e.patient_id]
+        st = _study_state(p, e, lab[e.ecg_id], t, at_ecg is not None, rng)
+        row: dict[str, Any] = {
+            "study_id": f"S{len(rows):07d}", "patient_id": e.patient_id, "ecg_id": ecg_id,
+            "encounter_id": encounter_id, "modality": modality, "time": t, "age": st["age"], "sex": st["sex"],
+            "pacemaker": st["pacemaker"],
+        }
+        if modality == "echo":
+            row.update(_echo_study(st, rng))
+        elif modality == "angiogram":
+            row.update(_angiogram_study(st, p, anatomy[e.patient_id], rng))
+        else:
+            row.update(_chest_xray_study(st, p, previous_xray.get(e.patient_id), rng))
+            previous_xray[e.patient_id] = {"edema": row["edema"], "consolidation": row["consolidation"]}
+        views = _sample_views(modality, st, rng)
+        row["n_samples"] = len(views)
+        folder, ext = _SAMPLE_FOLDERS[modality]
+        for k, view in enumerate(views):
+            sample_id = f"{row['study_id']}-{k + 1}"
+            samples.append({"sample_id": sample_id, "study_id": row["study_id"], "patient_id": e.patient_id,
+                            "modality": modality, "view": view, "sample_index": k,
+                            "seed": int(rng.integers(0, 2**63 - 1)), "path": f"{folder}/{sample_id}{ext}"})
+        rows.append(row)
+    studies = pd.DataFrame(rows).reindex(columns=_IMAGING_COLUMNS)
+    studies["time"] = pd.to_datetime(studies["time"])
+    sample_table = pd.DataFrame(samples, columns=["sample_id", "study_id", "patient_id", "modality", "view",
+                                                  "sample_index", "seed", "path"])
     arrays: dict[str, np.ndarray] = {}
     if render:
-        echo = studies[studies["modality"] == "echo"]
-        arrays["echo"] = render_echo(
-            echo["lvef"].to_numpy(float), echo["ivs_thickness"].to_numpy(float), rng,
-            echo["anterior_akinesis"].to_numpy(bool), echo["inferior_akinesis"].to_numpy(bool),
-        ) if len(echo) else np.zeros((0, *ECHO_SHAPE), np.uint8)
-        angio = studies[studies["modality"] == "angiogram"]
-        arrays["angiogram"] = render_angiogram(
-            angio[[f"stenosis_{a}" for a in CORONARY_ARTERIES]].to_numpy(float), rng
-        ) if len(angio) else np.zeros((0, *ANGIOGRAM_SHAPE), np.uint8)
-        cxr = studies[studies["modality"] == "chest_xray"]
-        arrays["chest_xray"] = render_chest_xray(
-            cxr["cardiothoracic_ratio"].to_numpy(float), rng, cxr["effusion"].to_numpy(bool)
-        ) if len(cxr) else np.zeros((0, *CHEST_XRAY_SHAPE), np.uint8)
-    return studies, arrays
+        first = sample_table[sample_table["sample_index"] == 0].set_index("study_id")
+        shapes = {"echo": ECHO_SHAPE, "angiogram": ANGIOGRAM_SHAPE, "chest_xray": CHEST_XRAY_SHAPE}
+        for modality, shape in shapes.items():
+            part = studies[studies["modality"] == modality]
+            arrays[modality] = np.zeros((len(part), *shape), np.uint8)
+            for k, study in enumerate(part.to_dict(orient="records")):
+                sample = first.loc[study["study_id"]]
+                arrays[modality][k] = render_imaging_sample(study, sample["view"], int(sample["seed"]))
+    return studies, sample_table, arrays
+
+
+def render_imaging_sample(study: Mapping[str, Any], view: str, seed: int) -> np.ndarray:
+    """Render one sample of an imaging study (a row of :attr:`SyntheticCohort.imaging` as a mapping) in ``view``
+    from ``seed``: echo / angiogram (frames, H, W) or chest X-ray (H, W) uint8."""
+    modality = study["modality"]
+    pacemaker = bool(study["pacemaker"])
+    if modality == "echo":
+        return render_echo_clip(
+            study["lvef"], study["ivs_thickness"], study["heart_rate"], seed, view=view,
+            anterior_akinesis=bool(study["anterior_akinesis"]), inferior_akinesis=bool(study["inferior_akinesis"]),
+            pacemaker=pacemaker, irregular=bool(study["irregular_rhythm"]), dyssynchrony=bool(study["dyssynchrony"]),
+            female=study["sex"] == "F",
+        )
+    if modality == "angiogram":
+        stenosis = [study[f"stenosis_{a}"] for a in CORONARY_ARTERIES]
+        position = [study[f"lesion_position_{a}"] for a in CORONARY_ARTERIES]
+        return render_angiogram_run(stenosis, seed, view=view, lesion_position=position, pacemaker=pacemaker)
+    if modality == "chest_xray":
+        lobe = study["consolidation_lobe"]
+        return render_chest_xray_image(
+            study["cardiothoracic_ratio"], seed, effusion=bool(study["effusion"]), edema=bool(study["edema"]),
+            consolidation=lobe if isinstance(lobe, str) else None, pacemaker=pacemaker,
+            female=study["sex"] == "F", view=view,
+        )
+    raise ValueError(f"unknown imaging modality {modality!r}")
 
 
 def generate_cohort(
@@ -582,8 +814,9 @@ def generate_cohort(
 ) -> SyntheticCohort:
     """Generate a synthetic cohort of ``n_patients`` patients, deterministic in ``seed``.
 
-    ``ecgs_per_patient`` = (min, max) ECGs per patient; ``imaging`` renders echo / angiogram / chest X-ray
-    arrays for the studies done; ``measure`` delineates every ECG (slow; ``num_proc`` processes) to fill
+    ``ecgs_per_patient`` = (min, max) ECGs per patient; ``imaging`` renders the first sample of every echo /
+    angiogram / chest X-ray study as arrays (the study tables exist either way); ``measure`` delineates every ECG
+    (slow; ``num_proc`` processes) to fill
     the ``measured_*`` attributes (NaN otherwise); ``incomplete_report_fraction`` of multi-label ECGs get
     a report that leaves one label out.
     """
@@ -614,15 +847,21 @@ def generate_cohort(
     for r in RISK_FACTORS:
         ecgs[r] = pat[r].to_numpy()
     ecgs["lvef_offset"] = pat["lvef_offset"].to_numpy()
+    # the patient's state (labs, imaging) follows the conditions; a paced ECG shows only what pacing leaves
+    implant = pd.to_datetime(pat["pacemaker_implant"])
+    ecgs["pacemaker"] = (implant.notna() & (implant <= ecgs["acquisition_time"])).to_numpy()
+    state = ecgs.copy()
+    ecgs["labels"] = [_paced_labels(labs) if paced else labs for labs, paced in zip(ecgs["labels"], ecgs["pacemaker"])]
     ecgs["rhythm"] = [next(c for c in labs if c in RHYTHMS) for labs in ecgs["labels"]]
-    ecgs["scp_codes"] = [[SCP_CODES[c] for c in labs] for labs in ecgs["labels"]]
+    ecgs["scp_codes"] = [[SCP_CODES[c] for c in labs] + (["PACE"] if paced else [])
+                         for labs, paced in zip(ecgs["labels"], ecgs["pacemaker"])]
 
     # waveforms
     traits = {k[len("trait_"):]: pat[k].to_numpy() for k in pat.columns if k.startswith("trait_")}
     mi_phase = np.where(ecgs["mi_stage"].to_numpy() == "acute", 1, 2)
     params = sample_ecg_parameters(
         list(ecgs["labels"]), rng_ecg, age=ecgs["age"].to_numpy(), sex=ecgs["sex"].to_numpy(),
-        traits=traits, mi_phase=mi_phase,
+        traits=traits, mi_phase=mi_phase, paced=ecgs["pacemaker"].to_numpy(),
     )
     waveforms, truth = render_ecgs(params, sampling_rate=SAMPLING_RATE, duration=DURATION, progress=progress)
     for a in WAVE_ATTRIBUTES:
@@ -630,19 +869,24 @@ def generate_cohort(
     ecgs["n_pvc"] = truth["n_pvc"].to_numpy()
     ecgs["seed"] = params.seed
 
-    # tests done at the ECG encounter, labs, imaging studies
+    # tests done at the ECG encounter, labs, imaging studies (from the patient's state)
     n = len(ecgs)
-    latent = generate_labs(ecgs, rng_lab)
+    latent = generate_labs(state, rng_lab)
     low_ef = latent["lvef"].to_numpy() < 40
     acute = ecgs["mi_stage"].to_numpy() == "acute"
-    lbbb = np.array(["left bundle branch block" in labs for labs in ecgs["labels"]])
+    lbbb = np.array(["left bundle branch block" in labs for labs in state["labels"]])
     has_mi = ecgs["mi_stage"].to_numpy() != ""
     ecgs["has_echo"] = rng_lab.random(n) < 0.4 + 0.45 * (acute | low_ef | lbbb)
     ecgs["has_angiogram"] = rng_lab.random(n) < np.where(acute, 0.9, np.where(has_mi, 0.15, 0.03))
     ecgs["has_chest_xray"] = rng_lab.random(n) < 0.35 + 0.35 * (acute | low_ef)
-    measured = lab_tests_measured(ecgs, ecgs["has_echo"].to_numpy(), rng_lab)
+    for col in ("has_echo", "has_angiogram", "has_chest_xray", "true_heart_rate"):
+        state[col] = ecgs[col].to_numpy()
+    state["rhythm"] = ecgs["rhythm"].to_numpy()
+    measured = lab_tests_measured(state, ecgs["has_echo"].to_numpy(), rng_lab)
     labs = observed_labs(latent, measured)
-    imaging_table, imaging_arrays = _imaging_studies(ecgs, latent, rng_img, render=imaging)
+    imaging_table, imaging_samples, imaging_arrays = _imaging_studies(
+        state, latent, patients, encounters, rng_img, render=imaging
+    )
 
     # heart failure: diagnosed at the first ECG with LVEF < 40 %
     hf_time = (
@@ -660,6 +904,7 @@ def generate_cohort(
         mi_phases=mi_phase,
         flutter_conduction=params.conduction,
         incomplete_fraction=incomplete_report_fraction,
+        paced=ecgs["pacemaker"].to_numpy(),
     )
     ecgs["report"] = reports
     ecgs["report_labels"] = mentioned
@@ -678,7 +923,7 @@ def generate_cohort(
         ecgs[f"measured_{a}"] = measured_attrs[a].to_numpy()
 
     keep = ["ecg_id", "patient_id", "encounter_id", "acquisition_time", "age", "sex", "rhythm", "labels",
-            "scp_codes", "mi_stage", "report", "report_labels", "report_complete"]
+            "scp_codes", "mi_stage", "pacemaker", "report", "report_labels", "report_complete"]
     keep += [f"true_{a}" for a in WAVE_ATTRIBUTES] + [f"measured_{a}" for a in WAVE_ATTRIBUTES]
     keep += ["n_pvc", "has_echo", "has_angiogram", "has_chest_xray", "seed"]
     enc_cols = ["encounter_id", "patient_id", "time", "setting", "has_ecg"]
@@ -692,6 +937,7 @@ def generate_cohort(
         imaging=imaging_table,
         parameters=params,
         imaging_arrays=imaging_arrays,
+        imaging_samples=imaging_samples,
         sampling_rate=SAMPLING_RATE,
         seed=seed,
     )
@@ -808,6 +1054,141 @@ def write_wfdb(cohort: SyntheticCohort, out_dir: str | os.PathLike, progress: bo
     return out
 
 
+def imaging_manifest(cohort: SyntheticCohort, splits: Mapping[str, str]) -> pd.DataFrame:
+    """The imaging manifest of a cohort (the columns of :mod:`cardiomm.data.imaging_studies`), one row per sample:
+    ``split`` from ``splits`` (patient_id -> split of the ECG dataset), paths relative to the imaging folder,
+    labels as 0/1 floats with NaN where they do not apply (``lvef`` on echo; the occlusions, a total occlusion,
+    on angiograms; consolidation, edema, cardiomegaly on chest X-rays; ``pacemaker`` on all), plus ``view``,
+    ``ecg_id`` (the ECG of the same encounter, if any), ``age``, ``sex``, ``heart_rate`` (echo) and ``effusion``
+    (chest X-ray)."""
+    samples = cohort.imaging_samples
+    st = cohort.imaging.set_index("study_id").loc[samples["study_id"]].reset_index()
+    split = samples["patient_id"].map(dict(splits))
+    if split.isna().any():
+        raise ValueError(f"no split for patients {sorted(set(samples['patient_id'][split.isna()]))[:5]}")
+
+    def only(modality: str, col: str) -> np.ndarray:
+        return np.where(st["modality"] == modality, pd.to_numeric(st[col], errors="coerce").astype(float), np.nan)
+
+    frame = pd.DataFrame({
+        "sample_id": samples["sample_id"].to_numpy(),
+        "study_id": samples["study_id"].to_numpy(),
+        "patient_id": samples["patient_id"].to_numpy(),
+        "split": split.to_numpy(),
+        "modality": samples["modality"].to_numpy(),
+        "view": samples["view"].to_numpy(),
+        "time": pd.to_datetime(st["time"]).to_numpy(),
+        "path": samples["path"].to_numpy(),
+        "report": st["report"].to_numpy(),
+        "lvef": only("echo", "lvef"),
+        "pacemaker": st["pacemaker"].astype(float).to_numpy(),
+        "lad_occlusion": only("angiogram", "lad_occlusion"),
+        "rca_occlusion": only("angiogram", "rca_occlusion"),
+        "lcx_occlusion": only("angiogram", "lcx_occlusion"),
+        "consolidation": only("chest_xray", "consolidation"),
+        "edema": only("chest_xray", "edema"),
+        "cardiomegaly": only("chest_xray", "cardiomegaly"),
+        "effusion": only("chest_xray", "effusion"),
+        "heart_rate": only("echo", "heart_rate"),
+        "ecg_id": st["ecg_id"].to_numpy(),
+        "age": st["age"].astype(float).to_numpy(),
+        "sex": st["sex"].to_numpy(),
+    })
+    return frame
+
+
+def _write_samples(tasks: list[dict[str, Any]]) -> int:
+    """Render and write imaging samples (see :func:`write_imaging`); returns how many."""
+    from ..data.imaging_studies import write_angiogram_dicom, write_chest_xray_png, write_echo_video
+
+    for task in tasks:
+        study = task["study"]
+        pixels = render_imaging_sample(study, task["view"], task["seed"])
+        if study["modality"] == "echo":
+            write_echo_video(task["file"], pixels, fps=FRAME_RATE)
+        elif study["modality"] == "angiogram":
+            write_angiogram_dicom(task["file"], pixels, study["patient_id"], study["study_id"], task["sample_id"],
+                                  time=study["time"], fps=FRAME_RATE)
+        else:
+            write_chest_xray_png(task["file"], pixels)
+    return len(tasks)
+
+
+def _refuse_foreign_imaging(folder: Path) -> None:
+    """Refuse an imaging folder that holds image files but no cardiomm manifest (they are not ours to replace)."""
+    from ..data.imaging_studies import MANIFEST_FILE
+
+    if (folder / MANIFEST_FILE).is_file():
+        return
+    if any(d.is_dir() and any(d.iterdir()) for d in (folder / m for m in _SAMPLE_FOLDERS)):
+        raise ValueError(f"{folder}: holds imaging files of no cardiomm manifest (no {MANIFEST_FILE}); refusing to "
+                         "overwrite them. Choose a new or empty output folder, or remove them yourself.")
+
+
+def _remove_earlier_imaging(folder: Path) -> None:
+    """Remove the files of an imaging manifest written earlier in ``folder`` (and the manifest); image files
+    without a manifest are refused."""
+    from ..data.imaging_studies import MANIFEST_FILE
+
+    _refuse_foreign_imaging(folder)
+    manifest = folder / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            earlier = pd.read_parquet(manifest, columns=["path"])["path"]
+        except Exception as err:
+            raise ValueError(f"{manifest}: cannot read the earlier imaging manifest ({err}); remove the folder "
+                             "yourself") from None
+        root = folder.resolve()
+        for rel in earlier:
+            path = (folder / str(rel)).resolve()
+            if root in path.parents and path.is_file():
+                path.unlink()
+        manifest.unlink()
+
+
+def write_imaging(
+    cohort: SyntheticCohort,
+    out_dir: str | os.PathLike,
+    splits: Mapping[str, str],
+    progress: bool = False,
+    num_proc: int = 1,
+    chunk_size: int = 16,
+) -> Path:
+    """Render every imaging sample of a cohort and write the imaging folder ``out_dir``: ``echo/<sample>.avi``
+    (lossless FFV1, PyAV), ``angiogram/<sample>.dcm`` (multi-frame DICOM), ``chest_xray/<sample>.png`` and the
+    manifest ``studies.parquet`` (:func:`imaging_manifest`, written by
+    :func:`~cardiomm.data.imaging_studies.write_imaging_studies`). ``splits`` maps each patient to its split in
+    the ECG dataset. Files of an earlier manifest in ``out_dir`` are removed first. Every sample is rendered
+    from its own seed, so the files are the same for any ``num_proc``. Returns ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    from ..data.imaging_studies import write_imaging_studies
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_imaging(folder)
+    manifest = imaging_manifest(cohort, splits)
+    studies = {row["study_id"]: row for row in cohort.imaging.to_dict(orient="records")}
+    tasks = [
+        {"study": studies[s.study_id], "view": s.view, "seed": int(s.seed), "sample_id": s.sample_id,
+         "file": str(folder / s.path)}
+        for s in cohort.imaging_samples.itertuples(index=False)
+    ]
+    chunks = [tasks[k : k + chunk_size] for k in range(0, len(tasks), chunk_size)]
+    with tqdm(total=len(tasks), desc="writing imaging", unit="file", disable=not progress) as bar:
+        if num_proc <= 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                bar.update(_write_samples(chunk))
+        else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=num_proc) as pool:
+                for fut in as_completed([pool.submit(_write_samples, chunk) for chunk in chunks]):
+                    bar.update(fut.result())
+    write_imaging_studies(manifest, folder)
+    return folder
+
+
 def synthetic_dataset_info(cohort: SyntheticCohort) -> ECGDatasetInfo:
     """The :class:`ECGDatasetInfo` of a cohort's dataset (tasks ``conditions`` and ``rhythm``)."""
     return ECGDatasetInfo(
@@ -845,6 +1226,7 @@ def _dataset_features(info: ECGDatasetInfo, include_ehr: bool, include_imaging: 
         "mi_stage": Value("string"),
         "report_labels": Sequence(Value("string")),
         "report_complete": Value("bool"),
+        "pacemaker": Value("bool"),
     }
     for a in WAVE_ATTRIBUTES:
         extra[f"true_{a}"] = Value("float32")
@@ -888,11 +1270,13 @@ def build_dataset(
 
     Columns: the shared ones (``ecg_id, patient_id, ecg, lead_mask, age, sex, report, labels_conditions,
     labels_rhythm``) plus ``encounter_id, acquisition_time, rhythm, scp_codes, mi_stage, report_labels,
-    report_complete``, ``true_<attribute>`` / ``measured_<attribute>`` for :data:`WAVE_ATTRIBUTES`, the
-    labs of :data:`LAB_UNITS`, ``has_echo / has_angiogram / has_chest_xray``, ``ehr_events`` (the patient's
-    coded events up to the ECG: list of structs ``time, days_before_ecg, event_type, code_system, code,
-    description``) and, with imaging, ``echo``, ``angiogram`` (frames, 64, 64) and ``chest_xray`` (128, 128)
-    uint8 arrays (None where not done) with their reports. Splits come from :func:`patient_level_split`.
+    report_complete, pacemaker`` (the ECG is ventricular paced), ``true_<attribute>`` / ``measured_<attribute>``
+    for :data:`WAVE_ATTRIBUTES`, the labs of :data:`LAB_UNITS`, ``has_echo / has_angiogram / has_chest_xray``,
+    ``ehr_events`` (the patient's coded events up to the ECG: list of structs ``time, days_before_ecg,
+    event_type, code_system, code, description``) and, with imaging, ``echo`` and ``angiogram``
+    (:data:`ECHO_SHAPE` / :data:`ANGIOGRAM_SHAPE`) and ``chest_xray`` (:data:`CHEST_XRAY_SHAPE`) uint8 arrays (the
+    first sample of the study done at that ECG's encounter, None where none) with their reports. Splits come
+    from :func:`patient_level_split`.
     """
     from datasets import Dataset, DatasetDict, concatenate_datasets
 
@@ -914,7 +1298,7 @@ def build_dataset(
         for modality in ("echo", "angiogram", "chest_xray"):
             studies = cohort.imaging[cohort.imaging["modality"] == modality].reset_index(drop=True)
             pairs = enumerate(zip(studies["ecg_id"], studies["report"]))
-            image_of[modality] = {ecg_id: (k, report) for k, (ecg_id, report) in pairs}
+            image_of[modality] = {ecg_id: (k, report) for k, (ecg_id, report) in pairs if isinstance(ecg_id, str)}
 
     def rows(index: np.ndarray) -> dict[str, list]:
         cols: dict[str, list] = {
@@ -934,6 +1318,7 @@ def build_dataset(
             "mi_stage": e["mi_stage"].iloc[index].tolist(),
             "report_labels": e["report_labels"].iloc[index].tolist(),
             "report_complete": e["report_complete"].iloc[index].tolist(),
+            "pacemaker": e["pacemaker"].iloc[index].astype(bool).tolist(),
         }
         for prefix in ("true_", "measured_"):
             for a in WAVE_ATTRIBUTES:
@@ -1010,26 +1395,44 @@ def synthesize(
     """Generate a cohort and save it as a cardiomm dataset folder (the ``cardiomm data synth`` command).
 
     Writes Parquet splits (those that hold patients: a tiny cohort can leave one empty) + ``cardiomm_dataset.json``
-    under ``out_dir`` (:func:`save_ecg_dataset` layout)
-    and, with ``write_wfdb_files``, the WFDB records and CSV tables under ``out_dir/wfdb``
-    (:func:`write_wfdb`). ``measure`` delineates every ECG with ``num_proc`` processes. Returns ``out_dir``.
+    under ``out_dir`` (:func:`save_ecg_dataset` layout); with ``imaging``, the imaging studies as files plus their
+    manifest under ``out_dir/imaging`` (:func:`write_imaging`; the ECG rows then hold no image arrays, and each
+    sample's ``split`` is its patient's split); with ``write_wfdb_files``, the WFDB records and CSV tables under
+    ``out_dir/wfdb`` (:func:`write_wfdb`). ``measure`` delineates every ECG and ``imaging`` renders the files with
+    ``num_proc`` processes. Returns ``out_dir``.
     """
     from tqdm.auto import tqdm
 
-    steps = tqdm(total=3 + int(write_wfdb_files), desc="synthetic cohort", unit="step", disable=not progress)
+    from ..data.imaging_studies import IMAGING_DIR, MANIFEST_FILE
+
+    if imaging:
+        _refuse_foreign_imaging(Path(out_dir) / IMAGING_DIR)  # before anything is written
+    steps = tqdm(total=3 + int(write_wfdb_files) + int(imaging), desc="synthetic cohort", unit="step",
+                 disable=not progress)
     steps.set_postfix_str("generating")
     cohort = generate_cohort(
-        n_patients=n_patients, seed=seed, ecgs_per_patient=ecgs_per_patient, imaging=imaging,
+        n_patients=n_patients, seed=seed, ecgs_per_patient=ecgs_per_patient, imaging=False,
         measure=measure, num_proc=num_proc, progress=progress,
     )
     steps.update()
     steps.set_postfix_str("building dataset")
-    dataset = _non_empty_splits(build_dataset(cohort, include_ehr=include_ehr))
+    dataset = _non_empty_splits(build_dataset(cohort, include_ehr=include_ehr, include_imaging=False))
     steps.update()
     steps.set_postfix_str("saving")
     _remove_earlier_splits(out_dir)
-    out = save_ecg_dataset(dataset, out_dir, synthetic_dataset_info(cohort))
+    info = synthetic_dataset_info(cohort)
+    if imaging:
+        info.description = info.description.rstrip(".") + f", with imaging studies in {IMAGING_DIR}/{MANIFEST_FILE}."
+        info.extra["imaging_manifest"] = f"{IMAGING_DIR}/{MANIFEST_FILE}"
+    out = save_ecg_dataset(dataset, out_dir, info)
     steps.update()
+    if imaging:
+        steps.set_postfix_str("writing imaging")
+        splits = {str(pid): name for name, part in dataset.items() for pid in part.unique("patient_id")}
+        write_imaging(cohort, out / IMAGING_DIR, splits, progress=progress, num_proc=num_proc)
+        steps.update()
+    elif (out / IMAGING_DIR / MANIFEST_FILE).is_file():
+        _remove_earlier_imaging(out / IMAGING_DIR)  # it belonged to an earlier cohort
     if write_wfdb_files:
         steps.set_postfix_str("writing WFDB")
         write_wfdb(cohort, out / "wfdb", progress=progress)

@@ -20,8 +20,13 @@ Conditions shape the waveform as in real ECGs: PR > 200 ms in first-degree AV bl
 rsR' in V1 and wide S in I/V6 (RBBB) or broad notched R in I/aVL/V5-V6 and deep S in V1 (LBBB) with
 discordant ST-T; Sokolow-Lyon voltage gain (LVH, optional strain); pathological Q waves with ST elevation
 (acute) or T inversion (old) in V1-V4 (anterior MI) or II/III/aVF (inferior MI); low QRS voltage; QTc
-prolongation; left / right frontal QRS axis. All arrays are computed for a batch of records at once;
-randomness is drawn per record from its own seed, so a record is identical whatever batch it is rendered in.
+prolongation; left / right frontal QRS axis. A ventricular pacemaker (``paced``) replaces the patient's own
+ventricular activation by a wide LBBB-like QRS with a left superior axis, each preceded by a narrow
+high-amplitude pacing stimulus (one sample up, a smaller recharge sample down): atrially tracked after a programmed
+AV delay in sinus rhythm, at a regular programmed rate over atrial fibrillation or flutter. Pacing hides the
+conduction and QRS-morphology findings (:data:`HIDDEN_BY_PACING`). All arrays are computed for a batch of records
+at once; randomness is drawn per record from its own seed, so a record is identical whatever batch it is rendered
+in.
 """
 
 from __future__ import annotations
@@ -61,6 +66,21 @@ RHYTHMS: tuple[str, ...] = (
     "atrial flutter",
 )
 """The mutually exclusive rhythm labels (exactly one per ECG)."""
+
+HIDDEN_BY_PACING: tuple[str, ...] = (
+    "sinus bradycardia",
+    "first degree AV block",
+    "left bundle branch block",
+    "right bundle branch block",
+    "left ventricular hypertrophy",
+    "anterior myocardial infarction",
+    "inferior myocardial infarction",
+    "low QRS voltage",
+    "left axis deviation",
+    "right axis deviation",
+)
+"""Conditions a ventricular-paced ECG cannot show: the pacemaker keeps the rate at or above its lower rate, sets the
+AV delay and replaces the QRS (its axis included), so conduction and QRS-morphology findings are not read."""
 
 SCP_CODES: dict[str, str] = {
     "normal ECG": "NORM",
@@ -152,7 +172,8 @@ class ECGParameters:
     Intervals are in ms, rates in bpm, amplitudes in mV, angles in degrees. ``rhythm`` indexes
     :data:`RHYTHMS`; ``bundle_branch_block`` is 0 none, 1 left, 2 right; ``anterior_mi`` / ``inferior_mi``
     are 0 none, 1 acute (ST elevation), 2 old (Q waves, T inversion); ``conduction`` is the flutter AV
-    conduction ratio (0 = variable 2:1/4:1).
+    conduction ratio (0 = variable 2:1/4:1). ``paced`` marks ventricular pacing; ``spike_vector`` (N, 3) is the
+    dipole of the pacing stimulus (mV, zero when not paced).
     """
 
     rhythm: np.ndarray
@@ -193,6 +214,8 @@ class ECGParameters:
     emg_noise: np.ndarray
     powerline_noise: np.ndarray
     line_frequency: np.ndarray
+    paced: np.ndarray
+    spike_vector: np.ndarray
     seed: np.ndarray
 
     def __len__(self) -> int:
@@ -210,23 +233,30 @@ class ECGParameters:
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per record (the PVC vector split into three columns)."""
-        cols = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pvc_vector"}
-        for d, axis in enumerate("xyz"):
-            cols[f"pvc_vector_{axis}"] = self.pvc_vector[:, d]
+        """One row per record (the PVC and pacing-stimulus vectors split into three columns each)."""
+        vectors = ("pvc_vector", "spike_vector")
+        cols = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in vectors}
+        for name in vectors:
+            for d, axis in enumerate("xyz"):
+                cols[f"{name}_{axis}"] = getattr(self, name)[:, d]
         return pd.DataFrame(cols)
 
 
-def normalize_conditions(labels: Sequence[str]) -> list[str]:
+def normalize_conditions(labels: Sequence[str], paced: bool = False) -> list[str]:
     """Validate one record's condition names and complete them into a consistent set.
 
     Adds "sinus rhythm" when no rhythm is given, adds "normal ECG" when the record is sinus rhythm with
     nothing else (and rejects "normal ECG" with anything but sinus rhythm); rejects unknown names, two
     rhythms, both bundle branch blocks, both axis deviations, first-degree AV block without a sinus rhythm,
-    and LVH together with LBBB, low QRS voltage or right axis deviation. Returns names in
-    :data:`SYNTHETIC_CONDITIONS` order.
+    and LVH together with LBBB, low QRS voltage or right axis deviation. A ventricular-paced record
+    (``paced``) is never a normal ECG and cannot carry the findings of :data:`HIDDEN_BY_PACING`. Returns names
+    in :data:`SYNTHETIC_CONDITIONS` order.
     """
     got = set(labels)
+    if paced:
+        hidden = sorted(got & ({"normal ECG"} | set(HIDDEN_BY_PACING)))
+        if hidden:
+            raise ValueError(f"a ventricular-paced ECG cannot show {hidden}")
     unknown = got - set(SYNTHETIC_CONDITIONS)
     if unknown:
         raise ValueError(f"unknown conditions {sorted(unknown)}; known: {list(SYNTHETIC_CONDITIONS)}")
@@ -250,12 +280,12 @@ def normalize_conditions(labels: Sequence[str]) -> list[str]:
     others = got - {"normal ECG", "sinus rhythm"}
     if "normal ECG" in got and others:
         raise ValueError(f"'normal ECG' excludes {sorted(others)}")
-    if got == {"sinus rhythm"}:
+    if got == {"sinus rhythm"} and not paced:
         got.add("normal ECG")
     return [c for c in SYNTHETIC_CONDITIONS if c in got]
 
 
-def _as_multi_hot(conditions: np.ndarray | Sequence[Sequence[str]]) -> np.ndarray:
+def _as_multi_hot(conditions: np.ndarray | Sequence[Sequence[str]], paced: np.ndarray | None = None) -> np.ndarray:
     if isinstance(conditions, np.ndarray) and conditions.ndim == 2:
         if conditions.shape[1] != len(SYNTHETIC_CONDITIONS):
             raise ValueError(f"condition matrix needs {len(SYNTHETIC_CONDITIONS)} columns, got {conditions.shape}")
@@ -264,8 +294,10 @@ def _as_multi_hot(conditions: np.ndarray | Sequence[Sequence[str]]) -> np.ndarra
         lists = [list(c) for c in conditions]
     out = np.zeros((len(lists), len(SYNTHETIC_CONDITIONS)), dtype=np.int8)
     index = {c: i for i, c in enumerate(SYNTHETIC_CONDITIONS)}
+    if paced is not None and len(paced) != len(lists):
+        raise ValueError(f"paced has {len(paced)} entries for {len(lists)} records")
     for r, labs in enumerate(lists):
-        for c in normalize_conditions(labs):
+        for c in normalize_conditions(labs, paced=paced is not None and bool(paced[r])):
             out[r, index[c]] = 1
     return out
 
@@ -277,6 +309,7 @@ def sample_ecg_parameters(
     sex: np.ndarray | None = None,
     traits: dict[str, np.ndarray] | None = None,
     mi_phase: np.ndarray | None = None,
+    paced: np.ndarray | None = None,
 ) -> ECGParameters:
     """Draw waveform parameters that realise each record's conditions.
 
@@ -285,8 +318,11 @@ def sample_ecg_parameters(
     ``traits`` holds per-record person-level baselines (``resting_rate``, ``pr``, ``qrs``, ``qtc``,
     ``axis``, ``voltage``, ``rotation``) so that repeated ECGs of one patient look alike; missing traits
     are drawn here. ``mi_phase`` (N,) is 1 for an acute and 2 for an old infarct (default: 30 % acute).
+    ``paced`` (N,) bool marks ventricular-paced records (lower rate 60-70 bpm, AV delay 100-170 ms after a
+    sinus P wave, paced QRS 150-190 ms with an axis of -85 to -40 degrees); the other records' parameters do not
+    depend on it.
     """
-    y = _as_multi_hot(conditions).astype(bool)
+    y = _as_multi_hot(conditions, paced).astype(bool)
     n = len(y)
     col = {c: y[:, i] for i, c in enumerate(SYNTHETIC_CONDITIONS)}
     age = np.full(n, 55.0) if age is None else np.asarray(age, dtype=float)
@@ -358,7 +394,7 @@ def sample_ecg_parameters(
     pvc_vector = direction * rng.uniform(1.3, 2.2, n)[:, None]
 
     line60 = rng.random(n) < 0.6
-    return ECGParameters(
+    params = ECGParameters(
         rhythm=rhythm,
         heart_rate=hr,
         pr_interval=pr,
@@ -397,8 +433,46 @@ def sample_ecg_parameters(
         emg_noise=rng.uniform(0.002, 0.012, n),
         powerline_noise=rng.uniform(0.0, 0.015, n),
         line_frequency=np.where(line60, 60.0, 50.0),
+        paced=np.zeros(n, dtype=bool),
+        spike_vector=np.zeros((n, 3)),
         seed=rng.integers(0, 2**62, n, dtype=np.int64),
     )
+    # pacing is drawn after everything else, so that the other records keep their parameters
+    paced = np.zeros(n, bool) if paced is None else np.asarray(paced, dtype=bool)
+    lower_rate = rng.choice(np.array([60.0, 65.0, 70.0]), size=n, p=[0.6, 0.15, 0.25])
+    av_delay = rng.uniform(100, 170, n)
+    paced_qrs = rng.uniform(150, 190, n)
+    paced_axis = rng.uniform(-85, -40, n)
+    spike = np.array([-0.35, -0.6, 0.55]) + rng.normal(0, 0.2, (n, 3))
+    spike *= (rng.uniform(2.0, 4.0, n) / np.linalg.norm(spike, axis=1))[:, None]
+    if paced.any():
+        _apply_pacing(params, paced, lower_rate, av_delay, paced_qrs, paced_axis, spike)
+    return params
+
+
+def _apply_pacing(
+    p: ECGParameters,
+    paced: np.ndarray,
+    lower_rate: np.ndarray,
+    av_delay: np.ndarray,
+    paced_qrs: np.ndarray,
+    paced_axis: np.ndarray,
+    spike: np.ndarray,
+) -> None:
+    """Turn the ``paced`` records of ``p`` into ventricular pacing (in place)."""
+    i = np.flatnonzero(paced)
+    sinus = p.rhythm[i] <= 2
+    p.paced[i] = True
+    p.spike_vector[i] = spike[i]
+    # atrial tracking in sinus rhythm (upper tracking rate 130 bpm), the lower rate over AF / flutter
+    p.heart_rate[i] = np.where(sinus, np.clip(p.heart_rate[i], lower_rate[i], 130.0), lower_rate[i])
+    p.pr_interval[i] = np.where(sinus, av_delay[i], np.nan)
+    old_qrs = p.qrs_duration[i].copy()
+    p.qrs_duration[i] = paced_qrs[i]
+    p.qtc[i] = np.where(p.qtc[i] > 470, p.qtc[i], np.clip(p.qtc[i] + 0.4 * (paced_qrs[i] - old_qrs), 370, 470))
+    p.qrs_axis[i] = paced_axis[i]
+    p.bundle_branch_block[i] = 1  # right-ventricular apical pacing activates the ventricles like an LBBB
+    p.af_rr_spread[i] = 0.0
 
 
 def _rotate_z(v: np.ndarray, angle: np.ndarray) -> np.ndarray:
@@ -609,6 +683,8 @@ def _beat_sequence(p: ECGParameters, r: dict[str, np.ndarray]) -> tuple[np.ndarr
     cycle = 60.0 / np.where(p.rhythm == 4, p.atrial_rate, 300.0)
     k = np.where(p.conduction[:, None] == 0, np.where(u < 0.5, 2, 4), p.conduction[:, None])
     rr = np.where((p.rhythm == 4)[:, None], k * cycle[:, None], rr)
+    if p.paced.any():  # a pacemaker paces regularly at its lower rate over atrial fibrillation or flutter
+        rr = np.where((p.paced & (p.rhythm >= 3))[:, None], rr0[:, None], rr)
 
     # premature ventricular complexes: early beat, then a (sinus: fully) compensatory pause
     pvc = (p.n_pvc[:, None] > 0) & (j >= p.pvc_first[:, None])
@@ -667,6 +743,21 @@ def _gaussian_waves(
     return idx, g
 
 
+def _add_pacing_spikes(leads: np.ndarray, p: ECGParameters, t_beats: np.ndarray, beats: np.ndarray, fs: float) -> None:
+    """Add the pacing stimulus (one sample of the stimulus dipole, then a recharge of -30 % on the next sample)
+    4 ms before the QRS onset of every paced beat, through the same lead projection as the waves."""
+    i = np.flatnonzero(p.paced)
+    num_samples = leads.shape[-1]
+    rec, beat = np.nonzero(beats[i])
+    k = np.rint((t_beats[i][rec, beat] - 0.004) * fs).astype(np.int64)
+    ok = (k >= 0) & (k < num_samples - 1)
+    pulses = np.zeros((len(i), num_samples))
+    np.add.at(pulses, (rec[ok], k[ok]), 1.0)
+    np.add.at(pulses, (rec[ok], k[ok] + 1), -0.3)
+    lead_spike = p.spike_vector[i] @ (LEAD_DERIVATION @ DOWER_MATRIX).T  # (paced records, 12)
+    leads[i] += lead_spike[:, :, None] * pulses[:, None, :]
+
+
 def _render_batch(
     p: ECGParameters, fs: float, duration: float, out: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -703,6 +794,8 @@ def _render_batch(
     basis = basis.reshape(n, NUM_WAVES, num_samples)
     lead_amps = amps @ (LEAD_DERIVATION @ DOWER_MATRIX).T  # (N, W, 12)
     leads = np.matmul(lead_amps.transpose(0, 2, 1), basis)  # (N, 12, T)
+    if p.paced.any():
+        _add_pacing_spikes(leads, p, t_beats, normal, fs)
 
     # atrial activity: fibrillatory f waves (AF) or a sawtooth flutter signal (AFL)
     misc = r["misc"]
@@ -816,14 +909,15 @@ def simulate_ecgs(
     age: np.ndarray | None = None,
     sex: np.ndarray | None = None,
     return_attributes: bool = False,
+    paced: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, pd.DataFrame]:
     """Simulate one 12-lead ECG per record with the given conditions.
 
-    ``conditions``: (N, C) multi-hot over :data:`SYNTHETIC_CONDITIONS` or N lists of condition names.
-    Returns (N, 12, T) float32 mV, or ``(signals, attributes)`` with ``return_attributes=True``.
-    Deterministic in ``seed``.
+    ``conditions``: (N, C) multi-hot over :data:`SYNTHETIC_CONDITIONS` or N lists of condition names;
+    ``paced`` (N,) bool: ventricular-paced records. Returns (N, 12, T) float32 mV, or ``(signals, attributes)``
+    with ``return_attributes=True``. Deterministic in ``seed``.
     """
     rng = np.random.default_rng(seed)
-    params = sample_ecg_parameters(conditions, rng, age=age, sex=sex)
+    params = sample_ecg_parameters(conditions, rng, age=age, sex=sex, paced=paced)
     signals, attributes = render_ecgs(params, sampling_rate=sampling_rate, duration=duration)
     return (signals, attributes) if return_attributes else signals

@@ -3,7 +3,9 @@
 A report states every label of its ECG (with synonyms, abbreviations, hedges such as "possible" or "consider",
 varied order, sometimes in upper case like machine reads), may add pertinent negatives ("No evidence of acute
 infarction") only for conditions that are absent, and sometimes a measurement line. A fraction of reports is
-incomplete: one label is left out, and the record keeps the list of labels its report mentions.
+incomplete: one label is left out, and the record keeps the list of labels its report mentions. A ventricular-paced
+ECG's report says so (:data:`PACING_STATEMENTS`: "Ventricular paced rhythm", "Electronic ventricular pacemaker",
+...) next to its atrial rhythm, and makes no statement about the findings pacing hides.
 
 The reader (:func:`mentioned_conditions`) uses the knowledge base's condition vocabulary
 (:data:`~cardiomm.knowledge.CONDITION_SYNONYMS`) and negation cues (:data:`~cardiomm.knowledge.NEGATION_CUES`).
@@ -91,6 +93,19 @@ _INFARCT: dict[tuple[str, int], tuple[str, ...]] = {
         "Inferior infarction, old",
     ),
 }
+PACING_STATEMENTS: tuple[str, ...] = (
+    "Ventricular paced rhythm",
+    "Ventricular pacing",
+    "Electronic ventricular pacemaker",
+    "Pacemaker rhythm",
+    "V-paced rhythm",
+    "Demand ventricular pacemaker",
+    "Paced rhythm",
+    "Pacemaker",
+)
+"""How a report states ventricular pacing (none of them names a condition of :data:`SYNTHETIC_CONDITIONS`)."""
+_PACED_AFTER_RHYTHM: tuple[str, ...] = ("with ventricular pacing", "with a ventricular pacemaker", "with V-pacing")
+_PACED_NOTE: tuple[str, ...] = ("Paced ECG, further analysis limited", "Pacemaker spikes present")
 _HEDGES: tuple[str, ...] = ("Possible", "Consider", "Probable", "Cannot exclude", "Suggestive of")
 _HEDGEABLE = {
     "left ventricular hypertrophy",
@@ -137,12 +152,15 @@ def write_ecg_report(
     mi_phase: int = 2,
     omit: str | None = None,
     flutter_conduction: int = 0,
+    paced: bool = False,
 ) -> str:
     """Write one report that states every label in ``labels`` except ``omit``.
 
     ``attributes`` (heart_rate, pr_interval, qrs_duration, qt_interval, qtc, qrs_axis) may be quoted in a
     measurement line; ``mi_phase`` (1 acute, 2 old) picks the infarct wording; ``flutter_conduction``
-    (2, 3, 4; 0 variable) the flutter wording. Pertinent negatives only name absent conditions.
+    (2, 3, 4; 0 variable) the flutter wording. Pertinent negatives only name absent conditions. A ``paced``
+    report states the pacing (:data:`PACING_STATEMENTS`) and gives no negatives or normal findings, which pacing
+    would hide.
     """
     present = [lab for lab in labels if lab != omit]
     absent = set(SYNTHETIC_CONDITIONS) - set(labels)
@@ -152,6 +170,7 @@ def write_ecg_report(
     rest = [rest[i] for i in order]
 
     statements: list[str] = []
+    paced_said = False
     if rhythm:
         r = rhythm[0]
         text = _statement(r, rng, mi_phase, hedge=False)
@@ -167,6 +186,9 @@ def write_ecg_report(
         # join a second finding into the rhythm statement ("Sinus rhythm with 1st degree AV block")
         if rest and rng.random() < 0.35 and rest[0] in ("first degree AV block", "premature ventricular complexes"):
             text += " with " + _statement(rest.pop(0), rng, mi_phase, hedge=False).lower().replace("pvcs", "PVCs")
+        if paced and rng.random() < 0.4:
+            text += " " + _pick(rng, _PACED_AFTER_RHYTHM)
+            paced_said = True
         statements.append(text)
     for lab in rest:
         statements.append(_statement(lab, rng, mi_phase, hedge=rng.random() < 0.25))
@@ -174,10 +196,15 @@ def write_ecg_report(
         statements.append(_statement("normal ECG", rng, mi_phase, hedge=False))
     if rhythm and rng.random() < 0.15 and len(statements) > 1:
         statements.append(statements.pop(0))  # rhythm last, as some readers write it
-    for conditions, phrases in _NEGATIVES:
+    if paced:
+        if not paced_said:
+            statements.insert(0 if rng.random() < 0.6 else 1, _pick(rng, PACING_STATEMENTS))
+        if rng.random() < 0.2:
+            statements.append(_pick(rng, _PACED_NOTE))
+    for conditions, phrases in () if paced else _NEGATIVES:
         if all(c in absent for c in conditions) and rng.random() < 0.25:
             statements.append(_pick(rng, phrases))
-    for conditions, phrases in _NORMAL_FINDINGS:
+    for conditions, phrases in () if paced else _NORMAL_FINDINGS:
         if all(c in absent for c in conditions) and rng.random() < 0.15:
             statements.append(_pick(rng, phrases))
     if "normal ECG" not in labels and rng.random() < 0.4:
@@ -236,11 +263,12 @@ def write_ecg_reports(
     mi_phases: Sequence[int] | None = None,
     flutter_conduction: Sequence[int] | None = None,
     incomplete_fraction: float = 0.1,
+    paced: Sequence[bool] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """Reports for many ECGs; returns the reports and, per report, the labels it mentions.
 
     ``incomplete_fraction`` of the ECGs with at least two labels get a report that leaves one label out
-    (never the rhythm).
+    (never the rhythm); ``paced`` marks ventricular-paced ECGs (their reports always state the pacing).
     """
     reports, mentioned = [], []
     for i, labels in enumerate(label_lists):
@@ -256,6 +284,7 @@ def write_ecg_reports(
             mi_phase=2 if mi_phases is None else int(mi_phases[i]),
             omit=omit,
             flutter_conduction=0 if flutter_conduction is None else int(flutter_conduction[i]),
+            paced=paced is not None and bool(paced[i]),
         )
         reports.append(report)
         mentioned.append([lab for lab in labels if lab != omit])
