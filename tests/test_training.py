@@ -494,6 +494,25 @@ def test_modality_grouped_batches_hold_each_patient_once() -> None:
     assert list(ordered)[0] == [0, 1, 2, 3]
 
 
+_BATCHES_IN_A_FRESH_PROCESS = """
+import json, sys
+from cardiomm.training import ModalityGroupedBatchSampler
+names = ["ecg", "echo", "angiogram", "chest_xray", "ecg_report", "echo_report"]
+sets = [frozenset(n for j, n in enumerate(names) if (i >> j) & 1) for i in range(1, 64)] * 3
+print(json.dumps([ModalityGroupedBatchSampler(sets, 4, seed=2).batches(),
+                  ModalityGroupedBatchSampler(sets, 4, shuffle=False).batches()]))
+"""
+
+
+def test_modality_grouped_batches_are_the_same_in_every_process() -> None:
+    """Processes hash strings differently (PYTHONHASHSEED): a resumed run, or the processes of a distributed one,
+    must still compose the same batches from sets of modality names."""
+    runs = [subprocess.run([sys.executable, "-c", _BATCHES_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "PYTHONHASHSEED": str(seed)}) for seed in (1, 2, 3)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout == runs[1].stdout == runs[2].stdout
+
+
 def test_sgd_with_a_step_schedule() -> None:
     model = make_model()
     config = TrainingConfig(optimizer="sgd", momentum=0.8, learning_rate=0.5, lr_schedule="step", lr_step_epochs=2,

@@ -195,3 +195,59 @@ __all__ = [
     "stack_ecg",
     "with_recorded_leads",
 ]
+
+
+@dataclass
+class CLERCCollator:
+    """Batches patients (items of :class:`~cardiomm.data.multimodal_patients.MultimodalPatients`) through a
+    :class:`~cardiomm.CLERCProcessor`: for each modality, the inputs of the patients who have it are processed
+    together and placed at their rows of ``(patients, ...)`` tensors (zeros elsewhere), with ``<modality>_mask``
+    saying which rows hold one. A modality no patient of the batch has gets an all-False mask and no inputs, so
+    every batch names the same modalities (what the loss gathers across processes). ECGs get the dataset's
+    recorded leads (the items' ``lead_mask``) AND-ed into ``ecg_lead_mask``.
+
+    Args:
+        processor: the model's ``CLERCProcessor``.
+        sampling_rate: of the dataset's ECGs.
+        lead_names: the dataset's lead order.
+        training: random ECG windows, video clips and image crops (training) or the deterministic ones.
+        modalities: the modalities to batch (CLERC's eight by default).
+    """
+
+    processor: Any
+    sampling_rate: float
+    lead_names: Sequence[str] | None = None
+    training: bool = True
+    modalities: Sequence[str] = ("ecg", "echo", "angiogram", "chest_xray", "ecg_report", "echo_report",
+                                 "angiogram_report", "chest_xray_report")
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        size = len(rows)
+        for modality in self.modalities:
+            present = [i for i, row in enumerate(rows) if row.get(modality) is not None]
+            mask = torch.zeros(size, dtype=torch.bool)
+            mask[present] = True
+            batch[f"{modality}_mask"] = mask
+            if not present:
+                continue
+            inputs = [rows[i][modality] for i in present]
+            if modality == "ecg":
+                out = self.processor(ecg=np.stack(inputs), sampling_rate=self.sampling_rate,
+                                     lead_names=self.lead_names, training=self.training)
+                recorded = [rows[i].get("lead_mask") for i in present]
+                if all(r is not None for r in recorded):
+                    out = dict(out)
+                    out["lead_mask"] = out.pop("ecg_lead_mask")
+                    out = with_recorded_leads(out, [{"lead_mask": r} for r in recorded], self.lead_names,
+                                              self.processor)
+                    out["ecg_lead_mask"] = out.pop("lead_mask")
+            else:
+                out = self.processor(**{modality: inputs}, training=self.training)
+            index = torch.as_tensor(present)
+            for key, value in dict(out).items():
+                value = torch.as_tensor(value)
+                full = value.new_zeros((size, *value.shape[1:]))
+                full[index] = value
+                batch[key] = full
+        return batch

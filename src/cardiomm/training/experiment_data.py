@@ -47,12 +47,14 @@ class ExperimentData:
             uses the rows' ``ehr_events``.
         notes: the patient notes table (``patient_notes.parquet``) when the folder has one, else ``None``: pairing
             then uses the rows' report columns.
+        path: the dataset folder (its ``imaging/`` manifest is read by the CLERC objective).
     """
 
     dataset: Any
     info: ECGDatasetInfo
     events: pd.DataFrame | None = None
     notes: pd.DataFrame | None = None
+    path: Path | None = None
 
 
 def _dataset_path(data: Mapping[str, Any]) -> Path:
@@ -93,10 +95,10 @@ def load_experiment_data(data: Mapping[str, Any], paired: bool = False) -> Exper
     path = prepare_dataset_folder(data, paired=paired)
     dataset, info = load_ecg_dataset(path)
     if not paired:
-        return ExperimentData(dataset, info)
+        return ExperimentData(dataset, info, path=path)
     events = pd.read_parquet(path / EVENTS_TABLE_FILE) if (path / EVENTS_TABLE_FILE).is_file() else None
     notes = pd.read_parquet(path / NOTES_TABLE_FILE) if (path / NOTES_TABLE_FILE).is_file() else None
-    return ExperimentData(dataset, info, events=events, notes=notes)
+    return ExperimentData(dataset, info, events=events, notes=notes, path=path)
 
 
 def check_synthetic_section(value: Any, source: str, paired: bool) -> None:

@@ -85,6 +85,8 @@ class PretrainingRun:
     collate_fn: Any
     dataset_info: ECGDatasetInfo
     processor: Any = None
+    train_batch_sampler: Any = None
+    eval_batch_sampler: Any = None
 
 
 def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
@@ -423,12 +425,110 @@ def build_sehr_bert_run(experiment: ExperimentConfig, experiment_data: Experimen
     return PretrainingRun(model, None, tokenizer, train, evaluation, collator, info)
 
 
+def build_clerc_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build a CLERC run (:class:`~cardiomm.CLERCMultiEncoder`): one item per patient of the ECG dataset and its
+    imaging manifest (:class:`~cardiomm.data.multimodal_patients.MultimodalPatients`), batched by the modalities the
+    patients have (:class:`~cardiomm.training.sampling.ModalityGroupedBatchSampler`) through a
+    :class:`~cardiomm.CLERCProcessor` (:class:`~cardiomm.data.collators.CLERCCollator`).
+
+    ``model``: ``ecg`` (an ``ECGEncoderConfig`` section or ``{pretrained: PATH}``), ``echo`` / ``angiogram``
+    (``R2Plus1DConfig`` sections or ``{pretrained: PATH}``, e.g. converted Kinetics-400 weights), ``chest_xray``
+    (a ``CLIPVisionConfig`` section or ``{pretrained: PATH}`` of a CLIP model), ``text`` (a text encoder name or
+    folder; ``offline-minilm`` for the packaged MiniLM), ``text_config`` (a text-encoder config section: random
+    weights), ``tokenizer``, ``init_from`` (a saved CLERC model), and the ``CLERCMultiEncoderConfig`` fields.
+    ``data``: ``modalities`` (default all eight), ``video`` (``CardiacVideoProcessor`` settings of both video
+    modalities), ``chest_xray_image`` (``ChestXrayImageProcessor`` settings), and the ECG keys of the ECG-text
+    objective.
+    """
+    from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
+
+    from ..data.collators import CLERCCollator
+    from ..data.imaging_studies import load_imaging_studies
+    from ..data.multimodal_patients import ALL_MODALITIES, MultimodalPatients
+    from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
+    from ..modeling.configuration_r2plus1d import R2Plus1DConfig
+    from ..modeling.modeling_clerc import CLERCMultiEncoder
+    from ..processing.feature_extraction_ecg import ECGFeatureExtractor
+    from ..processing.image_processing_chest_xray import ChestXrayImageProcessor
+    from ..processing.processing_clerc import CLERCProcessor
+    from ..processing.video_processing_cardiac import CardiacVideoProcessor
+    from .sampling import ModalityGroupedBatchSampler
+
+    spec = dict(experiment.model)
+    spec.pop("type", None)
+    data = dict(experiment.data)
+    dataset, info = experiment_data.dataset, experiment_data.info
+    training = experiment.training
+
+    def tower(key: str, config_class: Any) -> Any:
+        section = dict(spec.pop(key, None) or {})
+        return section.pop("pretrained", None) or config_class(**section)
+
+    init_from = spec.pop("init_from", None)
+    ecg_source = tower("ecg", ECGEncoderConfig)
+    echo_source, angiogram_source = tower("echo", R2Plus1DConfig), tower("angiogram", R2Plus1DConfig)
+    chest_xray_source = tower("chest_xray", CLIPVisionConfig)
+    text_name = resolve_text_model_path(str(spec.pop("text", "openai/clip-vit-base-patch32")))
+    text_config = spec.pop("text_config", None)
+    tokenizer_name = resolve_text_model_path(str(spec.pop("tokenizer", text_name)))
+    if init_from:
+        model = CLERCMultiEncoder.from_pretrained(init_from)
+        tokenizer = AutoTokenizer.from_pretrained(init_from)
+    else:
+        text_source: Any = AutoConfig.for_model(**text_config) if text_config else text_name
+        model = CLERCMultiEncoder.from_modality_pretrained(
+            ecg=ecg_source, echo=echo_source, angiogram=angiogram_source, chest_xray=chest_xray_source,
+            text=text_source, **spec,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    feature_extractor = ECGFeatureExtractor(
+        lead_names=model.config.ecg_config.lead_names,
+        sampling_rate=data.get("sampling_rate", info.sampling_rate),
+        normalization=data.get("normalization", "zscore"),
+        crop_length=data.get("crop_length", 2500),
+    )
+    video = dict(data.get("video") or {})
+    processor = CLERCProcessor(
+        tokenizer=tokenizer,
+        feature_extractor=feature_extractor,
+        echo_video_processor=CardiacVideoProcessor(**{"crop_to_sector": True, **video}),
+        angiogram_video_processor=CardiacVideoProcessor(**{**video, "crop_to_sector": False}),
+        chest_xray_image_processor=ChestXrayImageProcessor(**dict(data.get("chest_xray_image") or {})),
+        max_text_length=int(data.get("max_text_length", 77)),
+    )
+    modalities = tuple(data.get("modalities") or ALL_MODALITIES)
+    studies = load_imaging_studies(experiment_data.path) if experiment_data.path is not None and (
+        Path(experiment_data.path) / "imaging").is_dir() else None
+
+    def patients(split: str) -> Any:
+        rows = None if studies is None else studies[studies["split"] == split]
+        return MultimodalPatients(dataset[split], rows, modalities=modalities,
+                                  report_column=data.get("text_column", "report"))
+
+    train = patients(data.get("train_split", "train"))
+    eval_split = data.get("eval_split", "validation")
+    evaluation = patients(eval_split) if eval_split in dataset else None
+    collator = CLERCCollator(processor, sampling_rate=info.sampling_rate, lead_names=info.lead_names,
+                             modalities=modalities)
+    train_batches = ModalityGroupedBatchSampler(train.modality_sets, training.per_device_batch_size,
+                                                drop_last=training.drop_last, seed=training.seed)
+    eval_batches = None
+    if evaluation is not None:
+        eval_batches = ModalityGroupedBatchSampler(
+            evaluation.modality_sets, training.per_device_eval_batch_size or training.per_device_batch_size,
+            seed=training.seed, shuffle=False,
+        )
+    return PretrainingRun(model, feature_extractor, tokenizer, train, evaluation, collator, info, processor,
+                          train_batch_sampler=train_batches, eval_batch_sampler=eval_batches)
+
+
 OBJECTIVES = {
     "ecg_text_dual_encoder": build_ecg_text_run,
     "kmerl_query_model": build_kmerl_run,
     "ecg_sehr_dual_encoder": build_ecg_sehr_run,
     "sehr_ecg_text": build_sehr_ecg_text_run,
     "sehr_bert": build_sehr_bert_run,
+    "clerc_multi_encoder": build_clerc_run,
 }
 
 
@@ -455,6 +555,8 @@ KMERL_DATA_KEYS = ECG_TEXT_DATA_KEYS + ("entities", "held_out_entities")
 ECG_SEHR_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "sampling_rate", "crop_length",
                       "normalization", "ehr_window_days", "max_codes", "min_code_patients")
 SEHR_ECG_TEXT_DATA_KEYS = ECG_SEHR_DATA_KEYS + ("text_pairing", "text_window_days", "max_text_length")
+CLERC_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "text_column", "sampling_rate", "crop_length",
+                   "normalization", "max_text_length", "modalities", "video", "chest_xray_image")
 SEHR_BERT_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "max_length", "min_code_patients",
                        "mlm_probability", "window_seed")
 
@@ -485,6 +587,21 @@ def check_experiment(experiment: ExperimentConfig) -> None:
             lambda: check_keys(model, accepted, source, "model", owner="SEHRBertConfig or the sehr_bert objective"),
             lambda: _check_pretrained_alone(model, source, "model", keys=set(model) - {"type"}),
             *_data_checks(data, SEHR_BERT_DATA_KEYS, source, paired=True, objective=kind),
+        ]
+    elif kind == "clerc_multi_encoder":
+        from ..modeling.configuration_clerc import CLERCMultiEncoderConfig
+
+        towers = ("ecg", "echo", "angiogram", "chest_xray")
+        accepted = ({"type", "init_from", "text", "text_config", "tokenizer", *towers}
+                    | (config_class_parameters(CLERCMultiEncoderConfig) - {f"{t}_config" for t in (*towers, "text")}))
+        checks += [
+            lambda: check_keys(model, accepted, source, "model",
+                               owner="CLERCMultiEncoderConfig or the clerc_multi_encoder objective"),
+            lambda: _check_ecg_tower(model.get("ecg"), source),
+            lambda: _check_imaging_towers(model, source),
+            lambda: _check_text_config(model.get("text_config"), source),
+            lambda: _check_clerc_data(data, source),
+            *_data_checks(data, CLERC_DATA_KEYS, source, paired=False, objective=kind),
         ]
     else:
         composite, towers, data_keys, paired = {
@@ -542,6 +659,48 @@ def _check_ecg_tower(value: Any, source: str) -> None:
     check_keys(ecg, config_class_parameters(ECGEncoderConfig) | {"pretrained"}, source, "model.ecg",
                owner="ECGEncoderConfig")
     _check_pretrained_alone(ecg, source, "model.ecg", set(ecg))
+
+
+def _check_imaging_towers(model: dict[str, Any], source: str) -> None:
+    """The ``echo`` / ``angiogram`` (``R2Plus1DConfig``) and ``chest_xray`` (``CLIPVisionConfig``) sections."""
+    from transformers import CLIPVisionConfig
+
+    from ..modeling.configuration_r2plus1d import R2Plus1DConfig
+
+    for key, config_class in (("echo", R2Plus1DConfig), ("angiogram", R2Plus1DConfig),
+                              ("chest_xray", CLIPVisionConfig)):
+        section = _section(model.get(key), source, f"model.{key}")
+        check_keys(section, config_class_parameters(config_class) | {"pretrained"}, source, f"model.{key}",
+                   owner=config_class.__name__)
+        _check_pretrained_alone(section, source, f"model.{key}", set(section))
+
+
+def _check_clerc_data(data: dict[str, Any], source: str) -> None:
+    """``data.modalities`` and the processor sections of the CLERC objective."""
+    import inspect
+
+    from ..data.multimodal_patients import ALL_MODALITIES
+    from ..processing.image_processing_chest_xray import ChestXrayImageProcessor
+    from ..processing.video_processing_cardiac import CardiacVideoProcessor
+
+    problems = []
+    modalities = data.get("modalities")
+    try:
+        if modalities is not None:
+            if not isinstance(modalities, list) or not modalities:
+                raise ValueError(f"{source}: data.modalities must be a non-empty list of {list(ALL_MODALITIES)}")
+            check_keys(dict.fromkeys(modalities), ALL_MODALITIES, source, "data.modalities", owner="CLERC")
+    except ValueError as err:
+        problems.append(str(err))
+    for key, processor_class in (("video", CardiacVideoProcessor), ("chest_xray_image", ChestXrayImageProcessor)):
+        try:
+            section = _section(data.get(key), source, f"data.{key}")
+            accepted = set(inspect.signature(processor_class.__init__).parameters) - {"self", "kwargs"}
+            check_keys(section, accepted, source, f"data.{key}", owner=processor_class.__name__)
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def _check_ehr_tower(value: Any, source: str) -> None:

@@ -74,6 +74,8 @@ def pretrain(config: str | os.PathLike | ExperimentConfig, **overrides: Any) -> 
         eval_dataset=run.eval_dataset,
         on_save=lambda output_dir: save_preprocessing(run, output_dir),
         resume_checkpoint=checkpoint,
+        train_batch_sampler=run.train_batch_sampler,
+        eval_batch_sampler=run.eval_batch_sampler,
     )
     result = loop.train()
     run.model = loop.accelerator.unwrap_model(loop.model)

@@ -77,6 +77,13 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
+def _stable_repr(key: Any) -> str:
+    """A representation of a sampler group key that is the same in every process (sets sorted)."""
+    if isinstance(key, (set, frozenset)):
+        return repr(sorted(map(repr, key)))
+    return repr(key)
+
+
 class ModalityGroupedBatchSampler(Sampler[list[int]]):
     """Batches of patients grouped by the modalities they have, as CLERC trains: each patient once per epoch;
     patients with the same set of modalities fill batches together (so that every pair of modalities in a batch
@@ -105,7 +112,9 @@ class ModalityGroupedBatchSampler(Sampler[list[int]]):
         groups: dict[Any, list[int]] = {}
         for index, key in enumerate(self.modality_sets):
             groups.setdefault(key, []).append(index)
-        self._groups = [groups[key] for key in sorted(groups, key=lambda k: (-len(groups[k]), repr(k)))]
+        # the group order must not depend on string hashing (it differs between processes: a resumed run, the
+        # processes of a distributed one), so sets are ordered by their sorted members
+        self._groups = [groups[key] for key in sorted(groups, key=lambda k: (-len(groups[k]), _stable_repr(k)))]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
