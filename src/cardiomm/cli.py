@@ -183,8 +183,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         merl_markdown,
         write_combined_results,
     )
+    from .evaluation.clerc_report import evaluate_clerc_checkpoint, is_clerc_checkpoint
     from .evaluation.runner import evaluate_ecg_text_model
 
+    if is_clerc_checkpoint(args.model):  # CLERC: retrieval, zero-shot and probing across its modalities
+        given = [flag for flag, used in (
+            ("--leads", args.leads is not None), ("--lead-sets", args.lead_sets is not None),
+            ("--entities", args.entities is not None), ("--seen-threshold", args.seen_threshold is not None),
+            ("--probe-seeds", args.probe_seeds is not None), ("--prompts", args.prompts is not None),
+            ("--protocol", args.protocol != "cardiomm"), ("--crop", args.crop != "center"),
+            ("--probe-ratios", list(args.probe_ratios) != [1, 10, 100]), ("--probe-epochs", args.probe_epochs != 100),
+        ) if used]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not applicable to the CLERC checkpoint {args.model}, whose "
+                             "evaluation is the CLERC protocol (cross-modal retrieval, zero-shot and linear probing of "
+                             "every modality, cross-modal prediction); its options are --data, --out and --tasks "
+                             "(names of CLERC prompt tasks)")
+        report = evaluate_clerc_checkpoint(args.model, args.data, out_dir=args.out, tasks=args.tasks or None,
+                                           trust_remote_code=args.trust_remote_code)
+        print(report.markdown())
+        print(f"results written to {args.out} (results.json, results.md, retrieval_heatmap.png)")
+        return 0
     if args.leads is not None or args.lead_sets is not None:
         return _evaluate_partial_leads(args)
     if args.entities is not None or args.seen_threshold is not None or args.probe_seeds is not None:

@@ -5,6 +5,8 @@ the model classes.
 """
 
 from .aggregation import aggregate_windows
+from .clerc_report import CLERCEvaluationReport, evaluate_clerc_checkpoint, evaluate_clerc_model
+from .cross_modal_retrieval import closest_pairs, plot_retrieval_heatmap, retrieval_matrix
 from .linear_probe import (
     DEFAULT_CS,
     LinearProbeResult,
@@ -23,6 +25,16 @@ from .merl_protocol import (
     merl_zero_shot,
 )
 from .metrics import ClassificationMetrics, classification_metrics, macro_auroc, max_f1
+from .multimodal_embeddings import embed_clerc_dataset, embed_clerc_split, embedding_matrix
+from .multimodal_probe import (
+    CROSS_MODAL_TASKS,
+    ProbeResult,
+    ProbeTask,
+    attach_labels,
+    cross_modal_table,
+    fit_linear_probe,
+)
+from .multimodal_zero_shot import PromptTask, ZeroShotTaskResult, evaluate_zero_shot_task, load_prompt_tasks
 from .partial_leads import (
     NAMED_LEAD_SETS,
     PAPER_LEAD_ORDER,
@@ -51,6 +63,8 @@ from .zero_shot import (
 )
 
 __all__ = [
+    "CLERCEvaluationReport",
+    "CROSS_MODAL_TASKS",
     "ClassificationMetrics",
     "DEFAULT_CS",
     "DEFAULT_KS",
@@ -64,19 +78,34 @@ __all__ = [
     "NAMED_LEAD_SETS",
     "PAPER_LEAD_ORDER",
     "PartialLeadReport",
+    "ProbeResult",
+    "ProbeTask",
+    "PromptTask",
     "RelativeMahalanobis",
     "SeenUnseenSplit",
     "ZeroShotResult",
+    "ZeroShotTaskResult",
     "aggregate_windows",
     "align_label_columns",
+    "attach_labels",
     "class_text_embeddings",
     "classification_metrics",
+    "closest_pairs",
+    "cross_modal_table",
+    "embed_clerc_dataset",
+    "embed_clerc_split",
+    "embedding_matrix",
+    "evaluate_clerc_checkpoint",
+    "evaluate_clerc_model",
     "evaluate_merl_protocol",
     "evaluate_partial_leads",
+    "evaluate_zero_shot_task",
+    "fit_linear_probe",
     "l2_normalize",
     "lead_sets_from_options",
     "linear_probe",
     "load_merl_prompts",
+    "load_prompt_tasks",
     "load_results",
     "macro_auroc",
     "max_f1",
@@ -88,6 +117,7 @@ __all__ = [
     "parse_lead_counts",
     "parse_lead_set",
     "percentile_ranks",
+    "plot_retrieval_heatmap",
     "plot_roc_curves",
     "precision_at_k",
     "progressive_lead_sets",
@@ -95,6 +125,7 @@ __all__ = [
     "relative_mahalanobis",
     "restrict_leads",
     "results_table",
+    "retrieval_matrix",
     "save_results",
     "seen_unseen_split",
     "to_jsonable",
