@@ -106,6 +106,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             num_entities=args.entities, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
             num_threads=args.num_threads,
         )))
+    elif args.what == "clerc":
+        import time
+
+        from .benchmarks.clerc import benchmark_clerc
+
+        started = time.perf_counter()
+        tables = benchmark_clerc(
+            size=args.size, encoders=args.encoders, step_sizes=args.step_sizes, precisions=args.precisions,
+            encoder_batch_size=args.encoder_batch_size, batch_size=args.batch_size, repeats=args.repeats,
+            step_repeats=args.step_repeats, warmup=args.warmup, num_threads=args.num_threads, device=args.device,
+            progress=lambda message: print(f"  [{time.perf_counter() - started:5.0f} s] timing {message}",
+                                           file=sys.stderr, flush=True),
+        )
+        titles = {"encoders": "CLERC encoders (items/s; GFLOP per item; fractions of the fp32 2048^3 matmul rate)",
+                  "ratios": "R(2+1)D variants: ratios of GFLOP/s measured in this run",
+                  "step": "full CLERC step, every modality present (AdamW; each tower's share of the step's forward)"}
+        for key, rows in tables.items():
+            if rows:
+                print(f"\n{titles[key]}")
+                print(format_table(rows))
     elif args.what == "pretraining":
         from .benchmarks.pretraining import benchmark_reference_comparison
 
@@ -403,6 +423,37 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     kmerl.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (default: 1)")
     kmerl.add_argument("--rounds", type=int, default=2, help="rounds alternating the variants (default: 2)")
     kmerl.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    from .benchmarks.clerc import ENCODERS as CLERC_ENCODERS, PRECISIONS as CLERC_PRECISIONS, SIZES as CLERC_SIZES
+
+    clerc = kinds.add_parser(
+        "clerc", help="speed of every CLERC encoder (R(2+1)D-18 against a plain-PyTorch reference, channels-last-3D, "
+                      "fused batch norm) and of a full CLERC step with every modality",
+        description="Forward and training items/s, GFLOP per item and achieved GFLOP/s of each CLERC encoder (ECG 1D "
+                    "CNN, R(2+1)D-18 for echo/angiogram, CLIP ViT-B/32, CLIP text transformer) against the fp32 "
+                    "2048^3 matmul rate of the same run; R(2+1)D-18 next to a plain-PyTorch R(2+1)D-18, in the other "
+                    "memory format and with fused batch norms, with the ratios; then full CLERC optimiser steps with "
+                    "all eight modalities, at the paper's sizes and the tiny configuration's, with each tower's share "
+                    "of the forward time. Random weights; nothing is downloaded.")
+    clerc.add_argument("--size", choices=list(CLERC_SIZES), default="paper",
+                       help="encoder sizes: paper (ResNet1d-18 on 12x2500, R(2+1)D-18 on 3x16x112x112, ViT-B/32 on "
+                            "224x224, CLIP text on 77 tokens) or tiny (the tiny configuration; a quick run)")
+    clerc.add_argument("--encoders", nargs="*", default=list(CLERC_ENCODERS), choices=list(CLERC_ENCODERS),
+                       help="encoders to time (default: all; none: only the CLERC step)")
+    clerc.add_argument("--step-sizes", nargs="*", default=None, choices=list(CLERC_SIZES),
+                       help="configurations of the full CLERC step (default: paper and tiny; tiny with --size tiny; "
+                            "none: no step)")
+    clerc.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(CLERC_PRECISIONS),
+                       help="fp32 and/or bf16-autocast (fp32 weights under torch.autocast(bfloat16)) (default: fp32)")
+    clerc.add_argument("--batch-size", type=int, default=2, help="patients per CLERC step (default: 2)")
+    clerc.add_argument("--encoder-batch-size", type=int, default=None,
+                       help="items per encoder step (default: paper: ECG 8, video 1, chest X-ray 4, text 4; tiny: "
+                            "ECG 8, video 2, chest X-ray 8, text 4)")
+    clerc.add_argument("--repeats", type=int, default=2,
+                       help="timed training rounds of the encoders, the best is kept (forward: 2 x REPEATS + 1)")
+    clerc.add_argument("--step-repeats", type=int, default=2, help="timed CLERC steps, the best is kept")
+    clerc.add_argument("--warmup", type=int, default=1, help="untimed rounds / steps before timing")
+    clerc.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    clerc.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
     bench.set_defaults(func=_cmd_bench)
 
 
