@@ -44,6 +44,14 @@ EXAMPLE_CHECKS = {
         assert inputs["lead_mask"][0].sum().item() == 2
         assert model.config.entity_names == ["sinus rhythm", "atrial fibrillation"]
     """,
+    "CLERC: ECG, echocardiogram and angiogram video, chest X-ray and their reports in one space": """
+        assert tuple(similarity.shape) == (2, 2)
+        assert tuple(inputs["echo_values"].shape) == (2, 3, 8, 56, 56)
+        assert torch.isfinite(outputs.loss)
+        counts = outputs.pair_counts
+        assert counts[0, 1] == counts[1, 5] == counts[0, 5] == 2  # ECG-echo, echo-echo report, ECG-echo report
+        assert counts[2:5].sum() == 0  # no angiogram, chest X-ray or ECG report
+    """,
 }
 
 
