@@ -14,6 +14,21 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+#: ``python -c KILLED_AFTER_STEP STEP ARGS...``: ``cardiomm ARGS...`` in a process that dies (``os._exit(17)``, as a
+#: crashed job) right after optimiser step STEP, to test resuming.
+KILLED_AFTER_STEP = """
+import os, sys
+from cardiomm.training import loop
+step = int(sys.argv[1])
+original = loop.TrainingLoop.__init__
+def init(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    self.on_step_end = lambda state: os._exit(17) if state.global_step == step else False
+loop.TrainingLoop.__init__ = init
+from cardiomm.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
 #: ``python -m cardiomm.cli``: the ``cardiomm`` console script's entry point, in this interpreter.
 CARDIOMM = (sys.executable, "-m", "cardiomm.cli")
 

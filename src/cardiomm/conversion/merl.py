@@ -43,6 +43,7 @@ from transformers.initialization import no_init_weights
 
 from ..modeling.configuration_ecg_encoder import MERL_LEAD_NAMES, ECGEncoderConfig
 from ..modeling.configuration_ecg_text import ECGTextDualEncoderConfig
+from .key_listing import dropped_key_lines, listing
 
 #: Hub id of MERL's text tower (Med-CPT's query encoder), whose tokenizer a converted model uses.
 MERL_TEXT_MODEL: str = "ncbi/MedCPT-Query-Encoder"
@@ -81,7 +82,6 @@ POSITION_IDS_REASON = "BERT's constant position-index buffer (arange), rebuilt b
 
 _BN_FIELDS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _NESTED_STATE_KEYS: tuple[str, ...] = ("model_state_dict", "state_dict")
-_MAX_LISTED = 20
 
 
 @dataclass
@@ -122,21 +122,12 @@ class MERLConversion:
             + (f", projection_dim {self.projection_dim}" if self.projection_dim is not None else ""),
             f"keys converted: {self.num_converted}",
         ]
-        if self.dropped:
-            lines.append(f"keys dropped: {len(self.dropped)}")
-            lines += [f"  {key}: {reason}" for key, reason in self.dropped.items()]
-        else:
-            lines.append("keys dropped: none")
+        lines += dropped_key_lines(self.dropped)
         lines.append(f"written to {self.output_dir}")
         return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------- reading
-def _listing(names: Iterable[str]) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" (and {len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
-
 
 def unwrap_state_dict(checkpoint: Any, source: str) -> dict[str, torch.Tensor]:
     """The flat state dict of a loaded MERL file: nested under ``model_state_dict`` / ``state_dict`` (resume
@@ -152,7 +143,7 @@ def unwrap_state_dict(checkpoint: Any, source: str) -> dict[str, torch.Tensor]:
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise ValueError(
                 f"{source}: not a MERL checkpoint: entry {key!r} is a {type(value).__name__}, not a tensor "
-                f"(top-level keys: {_listing(map(str, checkpoint))})"
+                f"(top-level keys: {listing(map(str, checkpoint))})"
             )
         name = key
         while name.startswith("module."):
@@ -248,7 +239,7 @@ def detect_ecg_config(ecg: Mapping[str, torch.Tensor], source: str, prefix: str 
         return ECGEncoderConfig(backbone=backbone, num_leads=num_leads, lead_names=list(MERL_LEAD_NAMES), **overrides)
     raise ValueError(
         f"{source}: not a MERL checkpoint: found neither a MERL ResNet ('conv1.weight', 'layer1.*') nor a MERL ViT "
-        f"('to_patch_embedding.weight', 'block0.*'); keys: {_listing(prefix + k for k in ecg)}"
+        f"('to_patch_embedding.weight', 'block0.*'); keys: {listing(prefix + k for k in ecg)}"
     )
 
 
@@ -546,12 +537,12 @@ def merl_state_dict_to_cardiomm(
     problems = []
     if unexpected:
         problems.append(f"{len(unexpected)} key(s) of the file are not part of a MERL "
-                        f"{_kind_name(config)}: {_listing(unexpected)}")
+                        f"{_kind_name(config)}: {listing(unexpected)}")
         if any(k == "head.weight" or k.endswith(".head.weight") for k in unexpected):
             problems.append("('head.*' is a fine-tuned classification head; only pretrained MERL encoders convert)")
     if missing:
         problems.append(f"{len(missing)} weight(s) of the cardiomm model have no source in the file: "
-                        f"{_listing(missing)}")
+                        f"{listing(missing)}")
     if problems:
         raise ValueError(f"{source}: cannot convert: " + "; ".join(problems))
     wrong = [
@@ -559,8 +550,7 @@ def merl_state_dict_to_cardiomm(
         for k, v in new_state.items() if tuple(v.shape) != expected[k]
     ]
     if wrong:
-        raise ValueError(f"{source}: {len(wrong)} tensor(s) have the wrong shape: " + "; ".join(wrong[:_MAX_LISTED])
-                         + (f" (and {len(wrong) - _MAX_LISTED} more)" if len(wrong) > _MAX_LISTED else ""))
+        raise ValueError(f"{source}: {len(wrong)} tensor(s) have the wrong shape: " + listing(wrong, "; ", sort=False))
     new_state = {k: v.contiguous() for k, v in new_state.items()}
     return config, new_state, dropped
 

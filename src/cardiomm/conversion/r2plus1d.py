@@ -18,7 +18,7 @@ angiogram=...)`); it carries the model code, so it also loads with `trust_remote
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from transformers.initialization import no_init_weights
 
 from ..modeling.configuration_r2plus1d import R2Plus1DConfig
 from ..modeling.modeling_r2plus1d import R2Plus1DVideoModel
+from .key_listing import dropped_key_lines, listing
 from .merl import file_sha256
 
 #: Source keys dropped on purpose, with the reason.
@@ -34,7 +35,6 @@ DROPPED_KEYS: dict[str, str] = {
     "fc.weight": "torchvision's Kinetics-400 classifier (400 classes), not part of the encoder",
     "fc.bias": "torchvision's Kinetics-400 classifier (400 classes), not part of the encoder",
 }
-_MAX_LISTED = 20
 
 
 @dataclass
@@ -62,19 +62,9 @@ class R2Plus1DConversion:
             f"R(2+1)D state dict {self.source} (sha256 {self.sha256})",
             f"keys converted: {self.num_converted} ({self.num_parameters:,} parameters)",
         ]
-        if self.dropped:
-            lines.append(f"keys dropped: {len(self.dropped)}")
-            lines += [f"  {key}: {reason}" for key, reason in self.dropped.items()]
-        else:
-            lines.append("keys dropped: none")
+        lines += dropped_key_lines(self.dropped)
         lines.append(f"written to {self.output_dir}")
         return "\n".join(lines)
-
-
-def _listing(names: Iterable[str]) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" (and {len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
 
 
 def load_r2plus1d_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -122,16 +112,15 @@ def r2plus1d_state_dict_to_cardiomm(
     missing = set(expected) - set(kept)
     if unexpected:
         problems.append(f"{len(unexpected)} key(s) of the file are not part of the R(2+1)D encoder: "
-                        f"{_listing(unexpected)}")
+                        f"{listing(unexpected)}")
     if missing:
         problems.append(f"{len(missing)} weight(s) of the R(2+1)D encoder are missing from the file: "
-                        f"{_listing(missing)}")
+                        f"{listing(missing)}")
     wrong = [f"{k}: expected {expected[k]}, got {tuple(v.shape)}" for k, v in sorted(kept.items())
              if k in expected and tuple(v.shape) != expected[k]]
     if wrong:
         problems.append(f"{len(wrong)} tensor(s) have the wrong shape for this configuration: "
-                        + "; ".join(wrong[:_MAX_LISTED]) + (f" (and {len(wrong) - _MAX_LISTED} more)"
-                                                            if len(wrong) > _MAX_LISTED else ""))
+                        + listing(wrong, "; ", sort=False))
     if problems:
         raise ValueError(f"{source}: cannot convert to an R2Plus1DVideoModel: " + "; ".join(problems))
     return {k: v.contiguous() for k, v in kept.items()}, dropped
