@@ -165,8 +165,11 @@ def test_verbose_and_debug_show_the_traceback(debug: str, tmp_path: Path, monkey
 
 
 def test_interrupt_exits_130_with_one_line(tmp_path: Path) -> None:
+    # the command starts with Ctrl-C's default disposition, as from a terminal, whatever this test process inherited
+    # or an earlier test set (a child keeps an ignored SIGINT, and Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([*CARDIOMM, "bench", "encoders"], cwd=tmp_path, env=cardiomm_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # the benchmark announces itself before it starts: interrupt it there, as Ctrl-C would
         with selectors.DefaultSelector() as selector:
