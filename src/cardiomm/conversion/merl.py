@@ -590,7 +590,8 @@ def merl_feature_extractor() -> Any:
     )
 
 
-def _check_output_dir(out_dir: Path) -> None:
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse an output path that is a file or a folder with files in it (a conversion writes a new folder)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: output path exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -627,7 +628,7 @@ def convert_merl_checkpoint(
 
     source = Path(checkpoint)
     out = Path(out_dir)
-    _check_output_dir(out)
+    check_output_dir(out)
     state = load_merl_state_dict(source)
     config, new_state, dropped = merl_state_dict_to_cardiomm(state, str(source))
     is_model = isinstance(config, ECGTextDualEncoderConfig)

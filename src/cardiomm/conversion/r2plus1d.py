@@ -28,7 +28,7 @@ from transformers.initialization import no_init_weights
 from ..modeling.configuration_r2plus1d import R2Plus1DConfig
 from ..modeling.modeling_r2plus1d import R2Plus1DVideoModel
 from .key_listing import dropped_key_lines, listing
-from .merl import file_sha256
+from .merl import check_output_dir, file_sha256
 
 #: Source keys dropped on purpose, with the reason.
 DROPPED_KEYS: dict[str, str] = {
@@ -139,13 +139,6 @@ def load_r2plus1d_config(path: str | os.PathLike | None) -> R2Plus1DConfig:
         raise ValueError(f"{path}: not an R(2+1)D configuration ({type(err).__name__}: {err})") from err
 
 
-def _check_output_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: output path exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise ValueError(f"{out_dir}: output folder is not empty; choose a new or empty folder")
-
-
 def convert_r2plus1d_checkpoint(
     state_dict: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -165,7 +158,7 @@ def convert_r2plus1d_checkpoint(
     from ..hub.remote_code import remote_code_files
 
     source, out = Path(state_dict), Path(out_dir)
-    _check_output_dir(out)
+    check_output_dir(out)
     if not isinstance(config, R2Plus1DConfig):
         config = load_r2plus1d_config(config)
     state = load_r2plus1d_state_dict(source)
