@@ -12,6 +12,7 @@ each row's reference time for its code timeline (the ECG acquisition). Every bat
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -190,6 +191,7 @@ __all__ = [
     "ECGTextCollator",
     "ECGTextFeatureCollator",
     "SEHRECGTextCollator",
+    "SelfSupervisedCollator",
     "row_labels",
     "row_time",
     "stack_ecg",
@@ -251,3 +253,88 @@ class CLERCCollator:
                 full[index] = value
                 batch[key] = full
         return batch
+
+
+@dataclass
+class SelfSupervisedCollator:
+    """Batches ECG rows into the views of a self-supervised strategy: each whole record goes through the ECG
+    encoder's :class:`~cardiomm.ECGFeatureExtractor` (resampling, leads by name, presence; ``crop="none"``), the
+    view maker (a :class:`~cardiomm.training.ecg_views.ECGViewMaker`) cuts and augments ``num_views`` views of it,
+    and each view is normalised with its record's statistics, exactly as the extractor normalises the whole record
+    (so a view without augmentation is a window of what the extractor returns). The views are made in millivolts,
+    where the VCG transforms (``3kg``, the ``simclr`` rotation) mix leads as the heart's dipole does.
+
+    Output: ``input_values`` (N * num_views, leads, view_length), ``lead_mask`` (the extractor's AND the rows'
+    ``lead_mask`` column, then the view's own: one lead for ``cmlc``), ``time_mask`` (ones), and from the rows'
+    ``positive_id`` (int) ``positive_ids`` (int64) and/or from ``positive_attributes`` (floats, NaN allowed)
+    ``positive_attributes`` (float32), each row's value repeated for its views.
+
+    Args:
+        feature_extractor: the encoder's ``ECGFeatureExtractor``.
+        views: the view maker, built for the extractor's ``lead_names`` and ``sampling_rate``.
+        lead_names: the dataset's lead order.
+        sampling_rate: of the dataset's ECGs.
+    """
+
+    feature_extractor: Any
+    views: Any
+    lead_names: Sequence[str] | None
+    sampling_rate: float
+
+    POSITIVE_COLUMNS = ("positive_id", "positive_attributes")
+
+    def __post_init__(self) -> None:
+        extractor_leads = processor_lead_names(self.feature_extractor)
+        if extractor_leads is not None and list(self.views.lead_names) != extractor_leads:
+            raise ValueError(f"the view maker's lead_names {list(self.views.lead_names)} differ from the feature "
+                             f"extractor's {extractor_leads}; build it with the extractor's lead order")
+        rate = getattr(self.feature_extractor, "sampling_rate", None)
+        if rate is not None and float(rate) != float(self.views.sampling_rate):
+            raise ValueError(f"the view maker's sampling_rate {self.views.sampling_rate:g} Hz differs from the "
+                             f"feature extractor's {float(rate):g} Hz")
+        self._millivolts = copy.copy(self.feature_extractor)
+        self._millivolts.normalization = "none"
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        from ..processing.feature_extraction_ecg import normalization_statistics
+
+        positives = self._positive_columns(rows)
+        out = self._millivolts(ecg=stack_ecg(rows), sampling_rate=self.sampling_rate, lead_names=self.lead_names,
+                               crop="none", return_tensors="pt")
+        present = out["lead_mask"].numpy()
+        signal = out["input_values"]
+        recorded = with_recorded_leads(dict(out), rows, self.lead_names, self.feature_extractor)["lead_mask"]
+        views, view_mask = self.views(signal, recorded)
+        repeat = self.views.num_views
+        normalization = self.feature_extractor.normalization
+        if normalization != "none":
+            offset, scale = normalization_statistics([signal.numpy()], normalization, self.feature_extractor.epsilon,
+                                                     present)
+            offset = torch.as_tensor(offset).repeat_interleave(repeat, dim=0)[:, :, None]
+            scale = torch.as_tensor(scale).repeat_interleave(repeat, dim=0)[:, :, None]
+            views = ((views.double() - offset) / scale).float()
+            views = torch.where(view_mask[:, :, None], views, 0.0)
+        batch = {"input_values": views, "lead_mask": view_mask,
+                 "time_mask": torch.ones(views.shape[0], views.shape[-1], dtype=torch.int64)}
+        if "positive_id" in positives:
+            ids = torch.as_tensor([int(r["positive_id"]) for r in rows], dtype=torch.int64)
+            batch["positive_ids"] = ids.repeat_interleave(repeat)
+        if "positive_attributes" in positives:
+            attributes = np.stack([np.asarray(r["positive_attributes"], dtype=np.float32).reshape(-1) for r in rows])
+            batch["positive_attributes"] = torch.as_tensor(attributes).repeat_interleave(repeat, dim=0)
+        return batch
+
+    def _positive_columns(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The positive columns the rows carry; every row must carry each one that any row carries."""
+        found = []
+        for column in self.POSITIVE_COLUMNS:
+            missing = [i for i, row in enumerate(rows) if row.get(column) is None]
+            if len(missing) < len(rows):
+                if missing:
+                    raise ValueError(f"rows {missing[:10]} of the batch lack the {column!r} column that the other "
+                                     "rows have")
+                found.append(column)
+        if not found:
+            raise ValueError(f"the rows have neither a {self.POSITIVE_COLUMNS[0]!r} nor a "
+                             f"{self.POSITIVE_COLUMNS[1]!r} column; a self-supervised batch needs one of them")
+        return found
