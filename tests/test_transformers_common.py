@@ -24,6 +24,8 @@ from cardiomm import (
     ECGEncoderModel,
     ECGSEHRDualEncoder,
     ECGSEHRDualEncoderConfig,
+    ECGSelfSupervisedConfig,
+    ECGSelfSupervisedModel,
     ECGTextDualEncoder,
     ECGTextDualEncoderConfig,
     KMERLQueryModel,
@@ -431,3 +433,29 @@ class CLERCMultiEncoderModelTest(CardiommModelTest, ModelTesterMixin, unittest.T
 
     def labels_for(self, model_class, inputs):
         return {"return_loss": True}
+
+
+# --------------------------------------------------------------------------- ECG-only self-supervised model
+
+def ecg_ssl_config() -> ECGSelfSupervisedConfig:
+    return ECGSelfSupervisedConfig(ecg_config=resnet_config(), projection_dim=16, projection_hidden_size=24)
+
+
+SSL_STATES = ("does not apply: as in transformers' own CLIPModelTest, the model returns its encoder's hidden states "
+              "inside the encoder's output (`ecg_model_output.hidden_states`), not at the top level; "
+              "ECGEncoderResNetModelTest runs these tests on the encoder, and test_ecg_ssl_model.py checks that "
+              "output_hidden_states reaches it")
+
+
+class ECGSelfSupervisedModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (ECGSelfSupervisedModel,)
+    get_config = staticmethod(ecg_ssl_config)
+    get_inputs = staticmethod(ecg_inputs)
+    seq_length = TIME // 2
+    test_resize_embeddings = False
+    has_attentions = False  # convolutions
+    skipped_tests = {"test_model_get_set_embeddings": NO_TOKEN_EMBEDDINGS,
+                     **{name: SSL_STATES for name in COMPOSITE_SKIPS}}
+
+    def labels_for(self, model_class, inputs):
+        return {"positive_ids": torch.tensor([0, 0])}  # the two rows are views of one ECG: one positive each

@@ -14,6 +14,7 @@ from .modeling.configuration_clerc import CLERCMultiEncoderConfig
 from .modeling.configuration_ecg_contrastive import ECGContrastiveConfig, ECGDualEncoderConfig
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
+from .modeling.configuration_ecg_ssl import ECGSelfSupervisedConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
 from .modeling.configuration_kmerl import KMERLQueryModelConfig
 from .modeling.configuration_r2plus1d import R2Plus1DConfig
@@ -29,6 +30,7 @@ from .modeling.modeling_ecg_encoder import (
 )
 from .modeling.modeling_ecg_contrastive import ECGContrastiveModel, ECGContrastivePreTrainedModel, ECGDualEncoderModel
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder, ECGSEHROutput
+from .modeling.modeling_ecg_ssl import ECGSelfSupervisedModel, ECGSelfSupervisedOutput
 from .modeling.modeling_ecg_text import ECGTextDualEncoder, ECGTextOutput
 from .modeling.modeling_kmerl import KMERLQueryModel, KMERLQueryOutput
 from .modeling.modeling_r2plus1d import R2Plus1DPreTrainedModel, R2Plus1DVideoModel
@@ -55,12 +57,16 @@ __all__ = [
     "SEHRECGTextConfig",
     "R2Plus1DConfig",
     "CLERCMultiEncoderConfig",
+    "ECGSelfSupervisedConfig",
     # ECG encoders
     "ECGEncoderPreTrainedModel",
     "ECGEncoderModel",
     "ECGEncoderForSequenceClassification",
     "ECGEncoderOutput",
     "ECGSequenceClassifierOutput",
+    # ECG-only self-supervised contrastive model
+    "ECGSelfSupervisedModel",
+    "ECGSelfSupervisedOutput",
     # contrastive dual encoders (ECG-text, ECG-sEHR) and the sEHR-ECG-text model
     "ECGContrastivePreTrainedModel",
     "ECGContrastiveModel",

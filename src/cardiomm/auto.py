@@ -20,6 +20,7 @@ from transformers import (
 from .modeling.configuration_clerc import CLERCMultiEncoderConfig
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
+from .modeling.configuration_ecg_ssl import ECGSelfSupervisedConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
 from .modeling.configuration_kmerl import KMERLQueryModelConfig
 from .modeling.configuration_r2plus1d import R2Plus1DConfig
@@ -28,6 +29,7 @@ from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 from .modeling.modeling_clerc import CLERCMultiEncoder
 from .modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
+from .modeling.modeling_ecg_ssl import ECGSelfSupervisedModel
 from .modeling.modeling_ecg_text import ECGTextDualEncoder
 from .modeling.modeling_kmerl import KMERLQueryModel
 from .modeling.modeling_r2plus1d import R2Plus1DVideoModel
@@ -50,6 +52,7 @@ CONFIGS = (
     (SEHRECGTextConfig.model_type, SEHRECGTextConfig),
     (R2Plus1DConfig.model_type, R2Plus1DConfig),
     (CLERCMultiEncoderConfig.model_type, CLERCMultiEncoderConfig),
+    (ECGSelfSupervisedConfig.model_type, ECGSelfSupervisedConfig),
 )
 #: (Auto class, config class, model class).
 MODELS = (
@@ -63,6 +66,7 @@ MODELS = (
     (AutoModel, SEHRECGTextConfig, SEHRECGTextModel),
     (AutoModel, R2Plus1DConfig, R2Plus1DVideoModel),
     (AutoModel, CLERCMultiEncoderConfig, CLERCMultiEncoder),
+    (AutoModel, ECGSelfSupervisedConfig, ECGSelfSupervisedModel),
 )
 
 
@@ -80,7 +84,7 @@ def register_all() -> None:
     AutoProcessor.register(SEHRECGTextConfig, SEHRECGTextProcessor, exist_ok=True)
     AutoProcessor.register(CLERCMultiEncoderConfig, CLERCProcessor, exist_ok=True)
     AutoTokenizer.register(SEHRBertConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
-    for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig):
+    for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig, ECGSelfSupervisedConfig):
         AutoFeatureExtractor.register(config_class, ECGFeatureExtractor, exist_ok=True)
     AutoTokenizer.register(ECGSEHRDualEncoderConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
 
