@@ -87,6 +87,9 @@ class PretrainingRun:
     processor: Any = None
     train_batch_sampler: Any = None
     eval_batch_sampler: Any = None
+    after_save: Callable[[str | os.PathLike], Any] | None = None
+    """Called with the output folder after the final weights and the processor are saved (e.g. to export a
+    sub-model)."""
 
 
 def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
@@ -522,6 +525,14 @@ def build_clerc_run(experiment: ExperimentConfig, experiment_data: ExperimentDat
                           train_batch_sampler=train_batches, eval_batch_sampler=eval_batches)
 
 
+def build_ecg_ssl_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build an ECG-only self-supervised run (:class:`~cardiomm.ECGSelfSupervisedModel`: SimCLR, CLOCS, 3KG, PCLR
+    and the good-views strategies); see :mod:`~cardiomm.training.self_supervised`."""
+    from .self_supervised import build_self_supervised_run
+
+    return build_self_supervised_run(experiment, experiment_data)
+
+
 OBJECTIVES = {
     "ecg_text_dual_encoder": build_ecg_text_run,
     "kmerl_query_model": build_kmerl_run,
@@ -529,6 +540,7 @@ OBJECTIVES = {
     "sehr_ecg_text": build_sehr_ecg_text_run,
     "sehr_bert": build_sehr_bert_run,
     "clerc_multi_encoder": build_clerc_run,
+    "ecg_self_supervised": build_ecg_ssl_run,
 }
 
 
@@ -581,6 +593,13 @@ def check_experiment(experiment: ExperimentConfig) -> None:
     from ..modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 
     checks: list[Callable[[], None]] = []
+    if kind == "ecg_self_supervised":
+        from .self_supervised import check_ssl_experiment
+
+        problems = check_ssl_experiment(model, data, source)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return
     if kind == "sehr_bert":
         accepted = {"type", "pretrained"} | config_class_parameters(SEHRBertConfig)
         checks += [

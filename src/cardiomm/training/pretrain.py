@@ -32,13 +32,16 @@ from .sampling import seed_everything
 
 
 def save_preprocessing(run: PretrainingRun, output_dir: str | os.PathLike) -> None:
-    """Save the run's processor (or its feature extractor / tokenizer) next to the weights."""
+    """Save the run's processor (or its feature extractor / tokenizer) next to the weights, then run the objective's
+    ``after_save`` (e.g. the encoder export of a self-supervised run)."""
     if run.processor is not None:
         run.processor.save_pretrained(output_dir)
-        return
-    for part in (run.feature_extractor, run.tokenizer):
-        if part is not None:
-            part.save_pretrained(output_dir)
+    else:
+        for part in (run.feature_extractor, run.tokenizer):
+            if part is not None:
+                part.save_pretrained(output_dir)
+    if run.after_save is not None:
+        run.after_save(output_dir)
 
 
 def pretrain(config: str | os.PathLike | ExperimentConfig, **overrides: Any) -> tuple[TrainResult, PretrainingRun]:
