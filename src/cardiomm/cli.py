@@ -204,7 +204,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_combined_results,
     )
     from .evaluation.clerc_report import evaluate_clerc_checkpoint, is_clerc_checkpoint
-    from .evaluation.runner import evaluate_ecg_text_model
+    from .evaluation.runner import (
+        check_baseline_folder,
+        evaluate_ecg_text_model,
+        load_ecg_baseline,
+        parse_baseline_options,
+        random_ecg_baseline,
+    )
 
     if is_clerc_checkpoint(args.model):  # CLERC: retrieval, zero-shot and probing across its modalities
         given = [flag for flag, used in (
@@ -213,6 +219,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             ("--probe-seeds", args.probe_seeds is not None), ("--prompts", args.prompts is not None),
             ("--protocol", args.protocol != "cardiomm"), ("--crop", args.crop != "center"),
             ("--probe-ratios", list(args.probe_ratios) != [1, 10, 100]), ("--probe-epochs", args.probe_epochs != 100),
+            ("--baseline", args.baseline is not None),
         ) if used]
         if given:
             raise ValueError(f"{', '.join(given)}: not applicable to the CLERC checkpoint {args.model}, whose "
@@ -224,6 +231,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(report.markdown())
         print(f"results written to {args.out} (results.json, results.md, retrieval_heatmap.png)")
         return 0
+    if args.baseline is not None and (args.leads is not None or args.lead_sets is not None):
+        raise ValueError("--baseline: not applicable to the partial-lead protocol (--leads/--lead-sets); baselines "
+                         "get the full-lead linear probe and ECG-to-ECG retrieval of --protocol cardiomm")
     if args.leads is not None or args.lead_sets is not None:
         return _evaluate_partial_leads(args)
     if args.entities is not None or args.seen_threshold is not None or args.probe_seeds is not None:
@@ -238,14 +248,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if bad or args.probe_epochs < 1:
             raise ValueError(f"--probe-ratios are whole percentages from 1 to 100 and --probe-epochs is at least 1; "
                              f"got ratios {args.probe_ratios} and {args.probe_epochs} epochs")
+    if args.baseline is not None and args.protocol != "cardiomm":
+        raise ValueError(f"--baseline: not applicable to --protocol {args.protocol} (MERL's protocol evaluates the "
+                         "model alone); baselines get the linear probe and ECG-to-ECG retrieval of --protocol "
+                         "cardiomm")
+    baseline_folders = parse_baseline_options(args.baseline or ())
+    for folder in baseline_folders.values():  # every folder is checked before any model is loaded
+        if folder is not None:
+            check_baseline_folder(folder)
+    baselines = {name: load_ecg_baseline(folder, trust_remote_code=args.trust_remote_code)
+                 for name, folder in baseline_folders.items() if folder is not None}
     model, processor = load_ecg_text_checkpoint(args.model, trust_remote_code=args.trust_remote_code)
+    baselines = {name: baselines[name] if folder is not None else random_ecg_baseline(model)
+                 for name, folder in baseline_folders.items()}
     dataset, info = load_ecg_dataset(args.data)
     dataset = DatasetDict({k: v.with_format("numpy") for k, v in dataset.items()})
     report = merl = None
     if args.protocol in ("cardiomm", "both"):
         report = evaluate_ecg_text_model(
             model, processor, dataset, info, tasks=args.tasks or None,
-            out_dir=args.out, crop=args.crop,
+            out_dir=args.out, crop=args.crop, baselines=baselines or None,
         )
     if args.protocol in ("merl", "both"):
         merl = evaluate_merl_protocol(
@@ -615,6 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "the nearest entity's exceeds this (default: 0.95)")
     ev.add_argument("--probe-seeds", nargs="+", type=int, default=None, metavar="SEED",
                     help="partial-lead protocol: seeds of the 1%% linear probe's subsets (default: 0 1 2)")
+    ev.add_argument("--baseline", action="append", default=None, metavar="NAME=FOLDER",
+                    help="an ECG-only baseline evaluated next to the model (repeatable): FOLDER is a saved ECG "
+                         "encoder (e.g. the encoder/ folder of a self-supervised run: config.json, weights and the "
+                         "feature extractor's preprocessor_config.json) whose frozen pooler_output gets the same "
+                         "linear probe (tasks, fractions, seeds, C grid, --crop, splits) and ECG-to-ECG retrieval as "
+                         "the model's ECG tower, each ECG prepared by the baseline's own feature extractor; "
+                         "'random': the model's ECG tower architecture with random weights (seed 0). Rows "
+                         "'baseline: NAME' in the table, key 'baselines' of results.json. --protocol cardiomm only")
     ev.add_argument("--trust-remote-code", action="store_true",
                     help="allow importing and running the Python files the checkpoint ships (its auto_map) when "
                          "its model type is not a cardiomm or transformers one; cardiomm checkpoints never need "

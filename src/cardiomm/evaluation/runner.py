@@ -11,6 +11,10 @@ Protocol (written into every results file):
   ``validation`` only; macro AUROC on ``test`` reported as mean ± std.
 - retrieval: ECG→ECG precision@k (test ECGs query the training ECGs; relevant = shares a positive label of the
   task) and text→ECG median percentile rank of each report's own ECG on the test split (0 best, 50 chance).
+- baselines: an ECG-only encoder (e.g. a self-supervised one, or the model's ECG tower architecture with random
+  weights) gets the same linear probe (tasks, fractions, seeds, C grid, crop option, splits) on its frozen
+  ``pooler_output`` and the same ECG→ECG retrieval on it, each ECG prepared by the baseline's own feature extractor
+  (by the model's for the random one); zero-shot and text→ECG retrieval do not apply to a baseline.
 - ``crop="windows"`` embeds each record as the median over the feature extractor's test-time windows
   (``num_windows`` crops of ``crop_length`` every ``window_stride`` samples; the EHR paper uses 6 × 5 s,
   stride 1 s).
@@ -25,6 +29,7 @@ Protocol (written into every results file):
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..data.ecg_dataset import ECGDatasetInfo, label_column
 from .embeddings import embed_ecgs, text_encoder
@@ -124,9 +130,28 @@ class EvaluationReport:
         lines += [f"- {item.describe()}" for item in self.skipped]
         return "\n".join(lines)
 
+    def baselines_text(self) -> str:
+        """Where each baseline of the table comes from and how its ECGs were prepared, as a Markdown list (empty
+        string without baselines)."""
+        baselines = self.results.get("baselines") or {}
+        if not baselines:
+            return ""
+        lines = ["Baselines: ECG-only encoders under the same linear probe (tasks, fractions, seeds, C grid, crop, "
+                 "splits) and ECG→ECG retrieval as the model's ECG tower; zero-shot and text→ECG retrieval do not "
+                 "apply to them"]
+        for entry in baselines.values():
+            prep = entry["preprocessing"]
+            how = f"{entry['feature_extractor']} feature extractor ({prep['sampling_rate']} Hz, crop_length " \
+                  f"{prep['crop_length']})"
+            differs = entry["preprocessing_differs_from_model"]
+            note = f"; its preprocessing differs from the model's: {'; '.join(differs)}" if differs else ""
+            lines.append(f"- {entry['label']}: {entry['source']} ({entry['model_class']}), {how}{note}")
+        return "\n".join(lines)
+
     def markdown(self) -> str:
-        """The table followed by the list of left-out results."""
-        return "\n\n".join(part for part in (self.table(), self.skipped_text()) if part)
+        """The table followed by the baselines' origins and the list of left-out results."""
+        parts = (self.table(), self.baselines_text(), self.skipped_text())
+        return "\n\n".join(part for part in parts if part)
 
 
 def _single_value_reason(column: np.ndarray, split: str) -> str:
@@ -171,6 +196,212 @@ class _ECGTower:
         return self.model(**kwargs)
 
 
+#: The ``--baseline`` value that stands for the model's own ECG tower architecture with random weights.
+RANDOM_BASELINE = "random"
+#: Seed of the random weights of the :data:`RANDOM_BASELINE`.
+RANDOM_BASELINE_SEED = 0
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_FEATURE_EXTRACTOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_PREPROCESSING_FIELDS = ("sampling_rate", "crop_length", "normalization", "lead_names")
+_WINDOW_FIELDS = ("num_windows", "window_stride")
+
+
+@dataclass
+class ECGBaseline:
+    """An ECG-only encoder evaluated next to a model (see the module protocol).
+
+    ``model``: its ``pooler_output`` (or that of its ``ecg_model``) is the representation; ``processor``: its ECG
+    feature extractor (``None``: the evaluated model's processor); ``source``: where it comes from, for the results.
+    """
+
+    model: Any
+    processor: Any = None
+    source: str = ""
+
+
+def parse_baseline_options(values: Sequence[str]) -> dict[str, Path | None]:
+    """``--baseline`` values (``NAME=FOLDER`` or ``random``) as ``{name: folder}``, ``None`` for ``random``.
+
+    ``ValueError`` naming the value for one without ``=``, an empty name or folder, the reserved name ``random``
+    given a folder, and a name given twice.
+    """
+    out: dict[str, Path | None] = {}
+    for value in values:
+        if value == RANDOM_BASELINE:
+            name, folder = RANDOM_BASELINE, None
+        elif "=" not in value:
+            raise ValueError(f"--baseline {value!r}: expected NAME=FOLDER (a name for the table and an ECG encoder "
+                             f"checkpoint folder) or {RANDOM_BASELINE!r}")
+        else:
+            name, _, path = value.partition("=")
+            name = name.strip()
+            if not name:
+                raise ValueError(f"--baseline {value!r}: the name before '=' is empty")
+            if name == RANDOM_BASELINE:
+                raise ValueError(f"--baseline {value!r}: the name {RANDOM_BASELINE!r} is reserved for the model's ECG "
+                                 "tower architecture with random weights (--baseline random); choose another name")
+            if not path.strip():
+                raise ValueError(f"--baseline {value!r}: no checkpoint folder after '='")
+            folder = Path(path)
+        if name in out:
+            raise ValueError(f"--baseline: the name {name!r} is given twice; every baseline needs its own name")
+        out[name] = folder
+    return out
+
+
+def check_baseline_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` when it holds a saved ECG encoder (``config.json``, weights, the feature extractor's
+    ``preprocessor_config.json``); otherwise ``ValueError`` naming the folder and everything that is missing."""
+    root = Path(folder)
+    if not root.exists():
+        raise ValueError(f"{root}: no such checkpoint folder (--baseline NAME=FOLDER needs a saved ECG encoder)")
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder (--baseline NAME=FOLDER needs a saved ECG encoder's folder)")
+    missing = []
+    if not (root / "config.json").is_file():
+        missing.append("config.json")
+    if not any((root / name).is_file() for name in _WEIGHT_FILES):
+        missing.append("the weights (model.safetensors or pytorch_model.bin)")
+    if not any((root / name).is_file() for name in _FEATURE_EXTRACTOR_FILES):
+        missing.append("the ECG feature extractor's preprocessor_config.json")
+    if missing:
+        raise ValueError(f"{root} is not a saved ECG encoder checkpoint: missing {', '.join(missing)}")
+    return root
+
+
+def _feature_extractor(processor: Any) -> Any:
+    """The ECG feature extractor of a processor (the processor itself when it is one)."""
+    return getattr(processor, "feature_extractor", None) or processor
+
+
+def _require_pooler_output(model: Any, feature_extractor: Any, folder: Path) -> None:
+    """``ValueError`` naming ``folder`` unless ``model`` gives a ``pooler_output`` for an ECG prepared by
+    ``feature_extractor`` (one short random record)."""
+    length = max(feature_extractor.crop_length or 0, feature_extractor.min_length)
+    ecg = np.random.default_rng(0).standard_normal((1, len(feature_extractor.lead_names), length)).astype(np.float32)
+    inputs = feature_extractor(ecg=ecg, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+    tower = _ECGTower(model)
+    what = f"{folder}: its model ({type(model).__name__}) gives no pooler_output for an ECG"
+    try:
+        with torch.inference_mode():
+            output = tower(input_values=inputs["input_values"], lead_mask=inputs["lead_mask"],
+                           time_mask=inputs["time_mask"])
+    except Exception as err:  # any failure: the model does not embed an ECG
+        raise ValueError(f"{what} ({type(err).__name__}: {err}); a baseline must be an ECG encoder (e.g. model_type "
+                         "'ecg_encoder') whose output has pooler_output") from err
+    if getattr(output, "pooler_output", None) is None:
+        fields = list(output.keys()) if hasattr(output, "keys") else []
+        raise ValueError(f"{what} (its output holds {', '.join(fields) or 'no named field'}); a baseline must be an "
+                         "ECG encoder (e.g. model_type 'ecg_encoder') whose output has pooler_output")
+
+
+def load_ecg_baseline(folder: str | os.PathLike, trust_remote_code: bool = False) -> ECGBaseline:
+    """An :class:`ECGBaseline` from a saved ECG encoder folder (``AutoModel`` + ``AutoFeatureExtractor``; a whole
+    ECG self-supervised or dual-encoder model whose output, or ECG tower's, has ``pooler_output`` works too).
+
+    Without ``trust_remote_code`` no Python file of the folder is imported (see
+    :func:`~cardiomm.evaluation.checkpoint.require_known_model_type`). ``ValueError`` naming the folder when it is
+    not a checkpoint, its feature extractor is not an ECG one, or its model gives no ``pooler_output``.
+    """
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    from .checkpoint import checkpoint_model_type, require_known_model_type
+
+    root = check_baseline_folder(folder)
+    if trust_remote_code:
+        checkpoint_model_type(root)
+    else:
+        require_known_model_type(root)
+    try:
+        model = AutoModel.from_pretrained(root, trust_remote_code=trust_remote_code).eval()
+        feature_extractor = AutoFeatureExtractor.from_pretrained(root, trust_remote_code=trust_remote_code)
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{root}: cannot load the baseline checkpoint: {err}") from err
+    if not all(hasattr(feature_extractor, name) for name in ("lead_names", "sampling_rate", "crop_length")):
+        raise ValueError(f"{root}: its feature extractor ({type(feature_extractor).__name__}) is not an ECG "
+                         "feature extractor (ECGFeatureExtractor)")
+    _require_pooler_output(model, feature_extractor, root)
+    return ECGBaseline(model, feature_extractor, source=str(root))
+
+
+def random_ecg_baseline(model: Any, seed: int = RANDOM_BASELINE_SEED) -> ECGBaseline:
+    """The floor every representation must beat: ``model``'s ECG tower architecture (its configuration) with
+    random weights drawn from ``seed`` (torch's global generator is left as it was), prepared by the model's own
+    processor."""
+    tower = _ECGTower(model).model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random_tower = type(tower)(copy.deepcopy(tower.config))
+    parameter = next(tower.parameters())
+    random_tower = random_tower.to(device=parameter.device, dtype=parameter.dtype).eval()
+    backbone = getattr(tower.config, "backbone", None)
+    architecture = f" ({backbone})" if backbone else ""
+    return ECGBaseline(random_tower, None,
+                       source=f"the model's ECG tower architecture{architecture} with random weights (seed {seed})")
+
+
+def _as_baseline(value: Any) -> ECGBaseline:
+    """An :class:`ECGBaseline` from one, a ``(model, processor)`` pair or a model (prepared by the model's
+    processor)."""
+    if isinstance(value, ECGBaseline):
+        return value
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"a baseline is a model or a (model, processor) pair, got {len(value)} items")
+        return ECGBaseline(value[0], value[1], source=type(value[0]).__name__)
+    return ECGBaseline(value, None, source=type(value).__name__)
+
+
+def _preprocessing(feature_extractor: Any, crop: str) -> dict[str, Any]:
+    """What a feature extractor does to an ECG that decides the embedding: rate, crop, normalisation, leads."""
+    fields = _PREPROCESSING_FIELDS + (_WINDOW_FIELDS if crop == "windows" else ())
+    values = {name: getattr(feature_extractor, name, None) for name in fields}
+    if values["lead_names"] is not None:
+        values["lead_names"] = list(values["lead_names"])
+    return values
+
+
+def _linear_probe_result(
+    report: EvaluationReport, task: str, encoder: str, features: Mapping[str, np.ndarray],
+    labels: Sequence[np.ndarray], trainable: np.ndarray, probe_names: Sequence[str], n_classes: int,
+    fractions: Sequence[float], seeds: Sequence[int],
+) -> dict[str, Any]:
+    """The linear probe of one encoder on a task (the model's ECG tower or a baseline: one code path for all):
+    ``features`` per split, ``labels`` the (train, validation, test) multi-hot labels; its rows added to
+    ``report`` under ``encoder``."""
+    y_train, y_val, y_test = (y[:, trainable] for y in labels)
+    n_probe_test = int(evaluable_classes(y_test).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # left-out classes are reported by the caller
+        probe = linear_probe(
+            (features["train"], y_train, probe_names),
+            (features["validation"], y_val, probe_names),
+            (features["test"], y_test, probe_names),
+            fractions=fractions, seeds=seeds,
+        )
+    for fraction, stats in probe.summary().items():
+        report.rows.append({"task": task, "encoder": encoder, "protocol": "linear probe",
+                            "fraction": f"{float(fraction):.0%}",
+                            "result": f"{stats['mean']:.3f} ± {stats['std']:.3f}",
+                            "metric": "macro AUROC (test)", "classes": f"{n_probe_test} of {n_classes}"})
+    return probe.to_dict()
+
+
+def _ecg_retrieval_result(
+    report: EvaluationReport, task: str, encoder: str, queries: np.ndarray, gallery: np.ndarray,
+    y_test: np.ndarray, y_train: np.ndarray, ks: Sequence[int],
+) -> dict[int, float]:
+    """ECG→ECG precision@k of one encoder's test embeddings against its training ones; rows added to ``report``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # k clipped to the gallery size is reported in the key itself
+        retrieval = precision_at_k(queries, gallery, y_test, y_train, ks=ks)
+    for k, value in retrieval.items():
+        report.rows.append({"task": task, "encoder": encoder, "protocol": f"ECG→ECG precision@{k}",
+                            "fraction": "", "result": f"{value:.3f}", "metric": "precision"})
+    return retrieval
+
+
 def _zero_shot_result(report: EvaluationReport, task: str, protocol: str, y_test: np.ndarray, scores: np.ndarray,
                       names: Sequence[str], **what: Any) -> dict[str, Any]:
     """The zero-shot entry of a task's results (per-class and macro AUROC, with ``what`` scored the classes), its
@@ -194,7 +425,7 @@ def evaluate_ecg_text_model(
     fractions: Sequence[float] = (0.01, 0.1, 1.0),
     seeds: Sequence[int] = (0, 1, 2),
     prompts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
-    baselines: Mapping[str, Any] | None = None,
+    baselines: Mapping[str, ECGBaseline | tuple[Any, Any] | Any] | None = None,
     batch_size: int = 64,
     progress: bool = True,
     retrieval_ks: Sequence[int] = (100, 500, 1000),
@@ -204,9 +435,12 @@ def evaluate_ecg_text_model(
     ``processor`` is the model's processor (an ``ECGTextProcessor``, as saved with the checkpoint): every ECG and
     every prompt reaches the model through it.
 
-    ``baselines`` maps a name to another ECG encoder (e.g. a randomly initialised one) that gets the same
-    linear-probe protocol, so the table compares like with like. Results go to ``out_dir`` as
-    ``results.json``, ``results.md`` and one ROC-curve PNG per task with a zero-shot result.
+    ``baselines`` maps a name to an ECG-only encoder: an :class:`ECGBaseline` (:func:`load_ecg_baseline`,
+    :func:`random_ecg_baseline`), a ``(model, feature_extractor)`` pair, or a model alone (prepared by
+    ``processor``). Each gets the model's linear probe and ECG→ECG retrieval on its frozen ``pooler_output``, so the
+    table compares like with like: rows ``baseline: NAME`` (``(own preprocessing)`` added when its feature
+    extractor's rate, crop, normalisation or leads differ from the model's), results under ``"baselines"``. Results
+    go to ``out_dir`` as ``results.json``, ``results.md`` and one ROC-curve PNG per task with a zero-shot result.
 
     Nothing that the data cannot support stops the evaluation: such classes and protocols are left out, each
     named in a ``UserWarning``, in ``report.skipped`` and under ``"skipped"`` in the results (per task and in
@@ -221,13 +455,33 @@ def evaluate_ecg_text_model(
     gallery = embed_ecgs(model, processor, dataset["train"], rate, batch_size, crop, progress=progress,
                          lead_names=leads)
     encode_text = text_encoder(model, processor)
-    encoders = {"pretrained": _ECGTower(model), **{k: _ECGTower(v) for k, v in (baselines or {}).items()}}
-    probe_features = {
-        name: {split: embed_ecgs(enc, processor, dataset[split], rate, batch_size, crop, progress=progress,
-                                 lead_names=leads)
-               for split in ("train", "validation", "test")}
-        for name, enc in encoders.items()
-    }
+
+    def probe_features(encoder: Any, encoder_processor: Any) -> dict[str, np.ndarray]:
+        return {split: embed_ecgs(encoder, encoder_processor, dataset[split], rate, batch_size, crop,
+                                  progress=progress, lead_names=leads)
+                for split in ("train", "validation", "test")}
+
+    model_features = probe_features(_ECGTower(model), processor)
+    model_preprocessing = _preprocessing(_feature_extractor(processor), crop)
+    baseline_features: dict[str, dict[str, np.ndarray]] = {}
+    baseline_results: dict[str, dict[str, Any]] = {}
+    for name, value in (baselines or {}).items():
+        baseline = _as_baseline(value)
+        tower = _ECGTower(baseline.model)
+        own = baseline.processor is not None
+        baseline_processor = baseline.processor if own else processor
+        baseline_features[name] = probe_features(tower, baseline_processor)
+        preprocessing = _preprocessing(_feature_extractor(baseline_processor), crop)
+        differs = [f"{key} {got!r} (model: {model_preprocessing[key]!r})" for key, got in preprocessing.items()
+                   if got != model_preprocessing[key]]
+        baseline_results[name] = {
+            "label": f"baseline: {name}" + (" (own preprocessing)" if differs else ""),
+            "source": baseline.source, "model_class": type(baseline.model).__name__,
+            "feature_extractor": "its own" if own else "the model's", "preprocessing": preprocessing,
+            "preprocessing_differs_from_model": differs, "tasks": {},
+        }
+    if baseline_results:
+        report.results["baselines"] = baseline_results
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +492,7 @@ def evaluate_ecg_text_model(
         y_train = as_multi_hot(np.asarray(dataset["train"][column]), len(names))
         y_val = as_multi_hot(np.asarray(dataset["validation"][column]), len(names))
         entry: dict[str, Any] = {}
+        baseline_tasks = {name: result["tasks"].setdefault(task, {}) for name, result in baseline_results.items()}
         skipped: list[SkippedResult] = []
 
         # zero-shot: AUROC of the classes with both label values in the test split (the linear probe's too)
@@ -282,32 +537,21 @@ def evaluate_ecg_text_model(
         if probe_skip is not None:
             skipped.append(probe_skip)
         else:
-            n_probe_test = int(evaluable_classes(y_test[:, trainable]).sum())
-            for name, feats in probe_features.items():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # left-out classes are reported above
-                    probe = linear_probe(
-                        (feats["train"], y_train[:, trainable], probe_names),
-                        (feats["validation"], y_val[:, trainable], probe_names),
-                        (feats["test"], y_test[:, trainable], probe_names),
-                        fractions=fractions, seeds=seeds,
-                    )
-                entry[f"linear_probe_{name}"] = probe.to_dict()
-                for fraction, stats in probe.summary().items():
-                    report.rows.append({"task": task, "encoder": name, "protocol": "linear probe",
-                                        "fraction": f"{float(fraction):.0%}",
-                                        "result": f"{stats['mean']:.3f} ± {stats['std']:.3f}",
-                                        "metric": "macro AUROC (test)", "classes": f"{n_probe_test} of {len(names)}"})
+            probe_args = ((y_train, y_val, y_test), trainable, probe_names, len(names), fractions, seeds)
+            entry["linear_probe_pretrained"] = _linear_probe_result(report, task, "pretrained", model_features,
+                                                                    *probe_args)
+            for name, feats in baseline_features.items():
+                baseline_tasks[name]["linear_probe"] = _linear_probe_result(
+                    report, task, baseline_results[name]["label"], feats, *probe_args)
 
         # ECG→ECG retrieval: test ECGs with a positive label query the training ECGs
         if y_test.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # k clipped to the gallery size is reported in the key itself
-                retrieval = precision_at_k(zs_embeddings, gallery, y_test, y_train, ks=retrieval_ks)
-            entry["ecg_to_ecg_precision_at_k"] = retrieval
-            for k, value in retrieval.items():
-                report.rows.append({"task": task, "encoder": "pretrained", "protocol": f"ECG→ECG precision@{k}",
-                                    "fraction": "", "result": f"{value:.3f}", "metric": "precision"})
+            entry["ecg_to_ecg_precision_at_k"] = _ecg_retrieval_result(
+                report, task, "pretrained", zs_embeddings, gallery, y_test, y_train, retrieval_ks)
+            for name, feats in baseline_features.items():
+                baseline_tasks[name]["ecg_to_ecg_precision_at_k"] = _ecg_retrieval_result(
+                    report, task, baseline_results[name]["label"], feats["test"], feats["train"], y_test, y_train,
+                    retrieval_ks)
         else:
             skipped.append(SkippedResult(task, "ECG→ECG retrieval", "test", None,
                                          "no test ECG has a positive label of the task"))
