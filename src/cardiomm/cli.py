@@ -348,6 +348,17 @@ def _cmd_entities(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ssl_table(args: argparse.Namespace) -> int:
+    from .evaluation.ssl_comparison import compare_ssl_strategies, shipped_tiny_experiments
+
+    experiments = args.experiments if args.experiments else shipped_tiny_experiments()
+    comparison = compare_ssl_strategies(experiments, seeds=args.seeds, out_dir=args.out, overrides=args.set or (),
+                                        supervised=not args.no_supervised, random_init=not args.no_random_init)
+    print(comparison.table())
+    print(f"table written to {args.out} (table.json, table.md, table.png)")
+    return 0
+
+
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     """``cardiomm bench encoders|vit|synthetic|data-loading|pretraining``: defaults run the full benchmark; the options
     shrink it."""
@@ -650,6 +661,31 @@ def build_parser() -> argparse.ArgumentParser:
                          "its model type is not a cardiomm or transformers one; cardiomm checkpoints never need "
                          "it. Only for code you trust.")
     ev.set_defaults(func=_cmd_evaluate)
+
+    ssl_table = sub.add_parser(
+        "ssl-table", help="Table 1 of the good-views paper: ECG self-supervised strategies by rhythm linear evaluation",
+        description=(
+            "Pretrain every ecg_self_supervised experiment once per seed (into OUT/runs/<experiment>/seed<seed>; a "
+            "run whose encoder/ exists is reused, a run stopped half way resumes from its newest checkpoint), then "
+            "linear-evaluate each frozen encoder on 4 rhythm classes (SR, SB, GSVT, AFIB: the dataset's "
+            "chapman_rhythm task, or the synthetic rhythm task merged): logistic regression fitted on train, C "
+            "chosen on validation, macro one-vs-rest AUROC on test. Next to them: a supervised baseline (the same "
+            "encoder and a linear layer trained end to end with cross-entropy) and a random-init encoder, with the "
+            "same data, splits and seeds. Every experiment must use the same dataset folder (data.path). Writes "
+            "table.json, table.md and table.png to --out and prints the table (AUROC x 100, mean ± std)."
+        ),
+    )
+    ssl_table.add_argument("--experiments", nargs="+", default=None, metavar="NAME_OR_FILE",
+                           help="experiment files or shipped names (default: every shipped ssl_*_tiny experiment)")
+    ssl_table.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], metavar="SEED",
+                           help="one pretraining per seed (default: 0 1 2 3 4)")
+    ssl_table.add_argument("--out", default="outputs/ssl_table", help="output folder (default: outputs/ssl_table)")
+    ssl_table.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                           help="override one value of every experiment file (YAML value; repeatable), e.g. "
+                                "--set training.num_epochs=1 --set data.synthetic.n_patients=80")
+    ssl_table.add_argument("--no-supervised", action="store_true", help="leave out the supervised baseline")
+    ssl_table.add_argument("--no-random-init", action="store_true", help="leave out the random-init baseline")
+    ssl_table.set_defaults(func=_cmd_ssl_table)
 
     push = sub.add_parser(
         "push",
