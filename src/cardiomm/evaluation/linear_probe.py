@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ..data.splits import stratified_fraction
-from .metrics import auroc_columns, evaluable_classes
+from .metrics import evaluable_classes, per_class_auroc
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 SPLITS = ("train", "val", "test")
@@ -155,13 +155,6 @@ def align_label_columns(
     return out, list(reference)
 
 
-def _macro_auroc(y: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> tuple[float, dict[str, float]]:
-    """Macro AUROC over the classes with both label values (NaN when none) and the per-class values."""
-    values = auroc_columns(y, scores)
-    per_class = {name: float(v) for name, v in zip(names, values) if np.isfinite(v)}
-    return (float(np.mean(list(per_class.values()))) if per_class else float("nan")), per_class
-
-
 def _fit_scores(
     x_train: np.ndarray, y_train: np.ndarray, evaluate: list[np.ndarray], C: float, max_iter: int
 ) -> list[np.ndarray]:
@@ -226,8 +219,8 @@ def linear_probe(
                 val_by_c, test_by_c, test_aurocs = [], [], []
                 for C in Cs:
                     s_val, s_test = _fit_scores(xs_sub, y_sub, [xs_val, xs_test], C, max_iter)
-                    val_by_c.append(_macro_auroc(y_val, s_val, names)[0])
-                    macro, per_class = _macro_auroc(y_test, s_test, names)
+                    val_by_c.append(per_class_auroc(y_val, s_val, names)[0])
+                    macro, per_class = per_class_auroc(y_test, s_test, names)
                     test_by_c.append(macro)
                     test_aurocs.append(per_class)
                 best = int(np.nanargmax(val_by_c))

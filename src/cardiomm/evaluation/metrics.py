@@ -142,6 +142,13 @@ def classification_metrics(
     return result
 
 
+def per_class_auroc(y: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """``(macro AUROC, {class name: AUROC})`` over the classes with both label values (macro NaN when none)."""
+    values = auroc_columns(y, scores)
+    per_class = {name: float(v) for name, v in zip(names, values) if np.isfinite(v)}
+    return (float(np.mean(list(per_class.values()))) if per_class else float("nan")), per_class
+
+
 def macro_auroc(y_true: Any, scores: Any) -> float:
     """Macro AUROC over the evaluable classes (NaN when none), without warnings."""
     return classification_metrics(y_true, scores, warn=False).macro_auroc

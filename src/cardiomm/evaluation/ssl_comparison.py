@@ -45,6 +45,8 @@ from tqdm.auto import tqdm
 
 from ..data.collators import ECGCollator, stack_ecg, with_recorded_leads
 from ..data.ecg_dataset import ECGDatasetInfo, label_column
+from ..training.positive_pairs import check_disjoint_patients
+from .metrics import per_class_auroc
 from ..tables import format_table
 
 RHYTHM_CLASSES: tuple[str, ...] = ("SR", "SB", "GSVT", "AFIB")
@@ -372,7 +374,14 @@ def load_rhythm_evaluation_data(experiment: Any, split_names: dict[str, str]) ->
             raise ValueError(f"{folder}: the dataset has no {role} split {name!r} with ECGs (splits: "
                              f"{ {k: len(v) for k, v in dataset.items()} }); the linear evaluation needs train, "
                              "validation and test")
-    _check_disjoint_patients({role: dataset[name] for role, name in split_names.items()}, folder)
+    roles = list(split_names)
+    for i, first in enumerate(roles):  # the evaluation must never see a training patient
+        for second in roles[i + 1:]:
+            try:
+                check_disjoint_patients(dataset[split_names[first]], dataset[split_names[second]])
+            except ValueError as err:
+                raise ValueError(f"{folder}: the {first} and {second} splits: {err}; the evaluation needs "
+                                 "patient-level splits") from err
     splits, labels, counts = {}, {}, {}
     names: list[str] = []
     for role, name in split_names.items():
@@ -391,19 +400,6 @@ def load_rhythm_evaluation_data(experiment: Any, split_names: dict[str, str]) ->
                          "evaluation needs every class in training (use more data)")
     task = CHAPMAN_RHYTHM_TASK if CHAPMAN_RHYTHM_TASK in info.tasks else SYNTHETIC_RHYTHM_TASK
     return RhythmEvaluationData(info, splits, labels, names, task, counts)
-
-
-def _check_disjoint_patients(splits: Mapping[str, Any], folder: Any) -> None:
-    """Refuse splits that share a patient (the evaluation must never see a training patient)."""
-    patients = {role: set(split.select_columns(["patient_id"])["patient_id"]) for role, split in splits.items()
-                if "patient_id" in split.column_names}
-    roles = list(patients)
-    for i, a in enumerate(roles):
-        for b in roles[i + 1:]:
-            shared = patients[a] & patients[b]
-            if shared:
-                raise ValueError(f"{folder}: the {a} and {b} splits share {len(shared)} patients (e.g. "
-                                 f"{sorted(shared)[:3]}); the evaluation needs patient-level splits")
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -453,14 +449,6 @@ def _predict_scores(model: Any, feature_extractor: Any, split: Any, info: ECGDat
                        time_mask=inputs["time_mask"].to(device)).logits
         out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
     return np.concatenate(out)
-
-
-def _macro_auroc(labels: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> tuple[float, dict[str, float]]:
-    from .metrics import auroc_columns
-
-    values = auroc_columns(labels, scores)
-    per_class = {name: float(v) for name, v in zip(names, values) if np.isfinite(v)}
-    return (float(np.mean(list(per_class.values()))) if per_class else float("nan")), per_class
 
 
 # ----------------------------------------------------------------------------------------------- experiments
@@ -642,8 +630,8 @@ def _supervised(experiment: Any, evaluation: RhythmEvaluationData, seed: int, ru
     model = model.to(_device())
     scores = {role: _predict_scores(model, feature_extractor, evaluation.splits[role], info)
               for role in ("validation", "test")}
-    val_macro, _ = _macro_auroc(evaluation.labels["validation"], scores["validation"], evaluation.names)
-    test_macro, per_class = _macro_auroc(evaluation.labels["test"], scores["test"], evaluation.names)
+    val_macro, _ = per_class_auroc(evaluation.labels["validation"], scores["validation"], evaluation.names)
+    test_macro, per_class = per_class_auroc(evaluation.labels["test"], scores["test"], evaluation.names)
     return SSLSeedResult(seed=seed, test_macro_auroc=test_macro, test_auroc=per_class, val_macro_auroc=val_macro,
                          run_dir=str(run_dir), reused=finished)
 
