@@ -52,6 +52,16 @@ EXAMPLE_CHECKS = {
         assert counts[0, 1] == counts[1, 5] == counts[0, 5] == 2  # ECG-echo, echo-echo report, ECG-echo report
         assert counts[2:5].sum() == 0  # no angiogram, chest X-ray or ECG report
     """,
+    'ECG-only self-supervised baselines: SimCLR, CLOCS, 3KG, PCLR and "good views"': """
+        assert tuple(inputs.shape) == (8, 12, 500) and bool(lead_mask.all())
+        # CMSC: the two views of each ECG are its two halves, in some order
+        for n in range(4):
+            halves = {tuple(ecgs[n, 0, :500].tolist()), tuple(ecgs[n, 0, 500:].tolist())}
+            assert {tuple(inputs[2 * n, 0].tolist()), tuple(inputs[2 * n + 1, 0].tolist())} == halves
+        assert torch.isfinite(loss) and loss.item() > 0
+        assert type(encoder).__name__ == "ECGEncoderModel"
+        assert all(p.grad is not None for p in model.projection.parameters())
+    """,
 }
 
 
