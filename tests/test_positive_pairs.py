@@ -302,6 +302,11 @@ def test_wave_attributes_measure_signals_when_no_columns_hold_them(synthetic):
                                     lead_names=info.lead_names[::-1])
     assert names == [c[len("measured_"):] for c in measured]
     np.testing.assert_allclose(values, expected, rtol=1e-4, equal_nan=True)
+    # columns present but never filled (a cohort written without measuring) count as absent: the ECGs are measured
+    unfilled = rows.map(lambda row: {c: None for c in measured})
+    values, names = wave_attributes(unfilled, sampling_rate=info.sampling_rate, progress=False)
+    assert names == [c[len("measured_"):] for c in measured]
+    np.testing.assert_allclose(values, expected, rtol=1e-4, equal_nan=True)
 
 
 def test_wave_attributes_from_mimic_machine_measurements():

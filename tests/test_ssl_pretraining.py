@@ -179,3 +179,15 @@ def test_the_shipped_experiment_files_pass_their_checks(name: str) -> None:
         assert experiment.model["ecg"]["backbone"] == "resnet1d_18" and experiment.model["projection_dim"] == 128
         assert experiment.model["temperature"] == 0.07 and experiment.training.num_epochs == 50
         assert experiment.training.learning_rate == 1e-4 and experiment.training.per_device_batch_size * 2 == 64
+
+
+def test_the_attribute_strategy_measures_a_dataset_written_without_measurements(tmp_path: Path) -> None:
+    data = tmp_path / "unmeasured"
+    settings = tiny_settings(tmp_path / "run", data, steps=2)
+    result = cardiomm_command("pretrain", "--config", "ssl_attributes_tiny", *settings,
+                              "--set", "data.synthetic.measure=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    dataset, _ = load_ecg_dataset(data)
+    assert all(value is None or np.isnan(value) for value in dataset["train"]["measured_heart_rate"])
+    assert "wave attributes (7): heart_rate, pr_interval" in result.stdout  # measured by delineation here
+    assert "have a partner" in result.stdout and (tmp_path / "run" / "encoder" / "model.safetensors").is_file()

@@ -439,7 +439,8 @@ def wave_attributes(dataset: Any, columns: Sequence[str] | str = "auto", samplin
     ``columns="auto"`` takes, in this order:
 
     1. the dataset's ``measured_<name>`` columns for the names of :data:`cardiomm.synthetic.WAVE_ATTRIBUTES`
-       (what a measurement program reads from the signal; never the generator's ``true_*`` values);
+       (what a measurement program reads from the signal; never the generator's ``true_*`` values), unless they
+       are all empty (a synthetic cohort written without ``measure``);
     2. else MIMIC-IV-ECG machine measurements (``rr_interval``, ``p_onset``, ``qrs_onset``, ``qrs_end``,
        ``t_end``, ``p_axis``, ``qrs_axis``, ``t_axis``): heart rate, PR, QRS duration, QT, QTc (Bazett) and the
        axes, with the carts' missing-value code (29999) read as NaN;
@@ -468,9 +469,13 @@ def wave_attributes(dataset: Any, columns: Sequence[str] | str = "auto", samplin
     measured = [f"measured_{a}" for a in WAVE_ATTRIBUTES if f"measured_{a}" in have]
     if measured:
         table = _columns(dataset, measured)
-        return np.stack([np.asarray(table[c], dtype=np.float64) for c in measured], axis=1), measured
+        values = np.stack([np.asarray(table[c], dtype=np.float64) for c in measured], axis=1)
+        if np.isfinite(values).any():  # all empty: a dataset written without measuring; measure it below
+            return values, measured
     if "rr_interval" in have and "qrs_onset" in have:
-        return _mimic_attributes(_columns(dataset, [c for c in MIMIC_MEASUREMENT_COLUMNS if c in have]))
+        values, names = _mimic_attributes(_columns(dataset, [c for c in MIMIC_MEASUREMENT_COLUMNS if c in have]))
+        if np.isfinite(values).any():
+            return values, names
     return _delineated_attributes(dataset, have, sampling_rate, progress, lead_names, batch_size)
 
 

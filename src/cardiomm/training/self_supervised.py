@@ -300,7 +300,8 @@ def build_self_supervised_run(experiment: ExperimentConfig, experiment_data: Exp
                       if eval_split is not None else None)
     elif strategy == "attributes":
         columns = positives.get("columns", "auto")
-        raw_train, names = wave_attributes(train_split, columns=columns, sampling_rate=info.sampling_rate)
+        raw_train, names = wave_attributes(train_split, columns=columns, sampling_rate=info.sampling_rate,
+                                           lead_names=info.lead_names)
         train_attributes = standardise(raw_train, raw_train).astype(np.float32)
         print(f"wave attributes ({len(names)}): {', '.join(names)}; h = {threshold}", flush=True)
         max_neighbours = int(positives.get("max_neighbours", 32))
@@ -311,7 +312,11 @@ def build_self_supervised_run(experiment: ExperimentConfig, experiment_data: Exp
         )
         evaluation = None
         if eval_split is not None:
-            raw_eval, _ = wave_attributes(eval_split, columns=names, sampling_rate=info.sampling_rate)
+            raw_eval, eval_names = wave_attributes(eval_split, columns=columns, sampling_rate=info.sampling_rate,
+                                                   lead_names=info.lead_names)
+            if eval_names != names:
+                raise ValueError(f"the {eval_name} split's wave attributes {eval_names} differ from the training "
+                                 f"split's {names}; give data.positives.columns explicitly")
             eval_attributes = standardise(raw_eval, raw_train).astype(np.float32)
             evaluation = PositiveRows(rows(eval_split), positive_attributes=eval_attributes)
             eval_batches = PositivePairBatchSampler(
