@@ -34,6 +34,7 @@ from cardiomm.modeling.contrastive_losses import multimodal_clip_loss
 from cardiomm.modeling.modeling_clerc import CLERCMultiEncoder
 from cardiomm.modeling.modeling_r2plus1d import R2Plus1DVideoModel
 from cli_process import describe, run_cardiomm
+from gloo_processes import run_in_gloo_processes
 
 TEXT_VOCAB, TOKENS, DIM = 64, 6, 16
 FRAMES, FRAME_SIZE, IMAGE_SIZE, TIME = 4, 16, 32, 200
@@ -686,31 +687,17 @@ def _loss_and_gradients(features: dict[str, torch.Tensor], masks: dict[str, torc
             **{f"grad_{m}": leaf.grad for m, leaf in leaves.items()}}
 
 
-def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        features, masks = _global_loss_inputs()
-        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-        results = _loss_and_gradients({m: f[rows] for m, f in features.items()}, {m: v[rows] for m, v in masks.items()})
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _distributed_worker(rank: int) -> dict:
+    features, masks = _global_loss_inputs()
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    return _loss_and_gradients({m: f[rows] for m, f in features.items()}, {m: v[rows] for m, v in masks.items()})
 
 
 def test_multimodal_clip_loss_two_processes_match_one_process(tmp_path: Path) -> None:
     """The mean over processes of the loss (and of each pair loss) equals the loss of one process on the whole batch;
     each process's input gradient divided by the world size, and the process average of the parameter gradients
     (what data-parallel training applies), equal the single-process gradients."""
-    ctx = torch.multiprocessing.get_context("spawn")
-    init_file = str(tmp_path / "rendezvous")
-    processes = [ctx.Process(target=_distributed_worker, args=(r, init_file, str(tmp_path))) for r in range(2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=120)
-    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    ranks = run_in_gloo_processes(_distributed_worker, tmp_path, world_size=WORLD_SIZE, timeout=120)
     single = _loss_and_gradients(*_global_loss_inputs())
     assert single["pair_counts"].tolist() == [[6, 4, 2], [4, 6, 2], [2, 2, 3]]
     for r in ranks:

@@ -4,7 +4,6 @@ models' losses computed from the very logits they return (built once)."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ from cardiomm.modeling.contrastive_losses import (
 from cardiomm.modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
 from cardiomm.modeling.modeling_ecg_text import ECGTextDualEncoder
 from cardiomm.modeling.modeling_sehr_ecg_text import SEHRECGTextModel
+from gloo_processes import run_in_gloo_processes
 
 WORLD_SIZE = 2
 LOCAL_BATCH = 4
@@ -338,20 +338,14 @@ def _compute(a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor, mask: torch
     return results
 
 
-def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        inputs = _global_inputs()
-        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-        groups = inputs["groups"]
-        mask = (groups[:, None] == groups[None, :])[rows]  # local anchors × gathered batch
-        gathered = gather_features(inputs["a"][rows])
-        assert torch.equal(gathered, inputs["a"]), "gather_features must order the slices by rank"
-        results = _compute(inputs["a"][rows], inputs["b"][rows], groups[rows], mask)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _distributed_worker(rank: int) -> dict:
+    inputs = _global_inputs()
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    groups = inputs["groups"]
+    mask = (groups[:, None] == groups[None, :])[rows]  # local anchors × gathered batch
+    gathered = gather_features(inputs["a"][rows])
+    assert torch.equal(gathered, inputs["a"]), "gather_features must order the slices by rank"
+    return _compute(inputs["a"][rows], inputs["b"][rows], groups[rows], mask)
 
 
 def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path) -> None:
@@ -364,16 +358,7 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path) -> 
     rows. Parameters are replicated on every process, and data-parallel training (DDP, DeepSpeed) averages
     their gradients over processes; that average equals the single-process parameter gradient.
     """
-    ctx = torch.multiprocessing.get_context("spawn")
-    init_file = str(tmp_path / "rendezvous")
-    processes = [ctx.Process(target=_distributed_worker, args=(r, init_file, str(tmp_path))) for r in range(2)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=120)
-    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
-
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    per_rank = run_in_gloo_processes(_distributed_worker, tmp_path, world_size=WORLD_SIZE, timeout=120)
     inputs = _global_inputs()
     groups = inputs["groups"]
     single = _compute(inputs["a"], inputs["b"], groups, groups[:, None] == groups[None, :])

@@ -25,6 +25,7 @@ from cardiomm.modeling.configuration_ecg_encoder import ECGEncoderConfig
 from cardiomm.modeling.contrastive_losses import multi_positive_contrastive_loss
 from cardiomm.modeling.modeling_ecg_encoder import ECGEncoderModel
 from cardiomm.modeling.modeling_ecg_ssl import build_positive_mask
+from gloo_processes import run_in_gloo_processes
 
 LEADS, TIME = 12, 200
 
@@ -255,17 +256,11 @@ def _loss_and_gradients(batch: dict[str, torch.Tensor], source: str) -> dict[str
             **{f"grad.{name}": p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}}
 
 
-def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-        local = {k: v[rows] for k, v in _global_batch().items()}
-        local["positive_mask"] = local["positive_mask"][:, rows]
-        results = {source: _loss_and_gradients(local, source) for source in SOURCES}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _distributed_worker(rank: int) -> dict:
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    local = {k: v[rows] for k, v in _global_batch().items()}
+    local["positive_mask"] = local["positive_mask"][:, rows]
+    return {source: _loss_and_gradients(local, source) for source in SOURCES}
 
 
 def test_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
@@ -273,15 +268,7 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> N
     whole batch, and a local (B, B) mask lands on the process's own block: the mean of their losses (and pair
     counts) is the single-process value, and the process average of their parameter gradients (what data-parallel
     training applies) is the single-process gradient."""
-    ctx = torch.multiprocessing.get_context("spawn")
-    init_file = str(tmp_path / "rendezvous")
-    processes = [ctx.Process(target=_distributed_worker, args=(r, init_file, str(tmp_path))) for r in range(2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=180)
-    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    ranks = run_in_gloo_processes(_distributed_worker, tmp_path, world_size=WORLD_SIZE, timeout=180)
     for source in SOURCES:
         single = _loss_and_gradients(_global_batch(), source)
         assert float(single["loss"]) > 0
