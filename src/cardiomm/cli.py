@@ -126,6 +126,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             if rows:
                 print(f"\n{titles[key]}")
                 print(format_table(rows))
+    elif args.what == "ssl":
+        import json
+        import time
+        from pathlib import Path
+
+        from .benchmarks.ssl import benchmark_ssl, summary
+
+        started = time.perf_counter()
+        tables = benchmark_ssl(
+            size=args.size, strategies=args.strategies, batch_size=args.batch_size, steps=args.steps,
+            warmup=args.warmup, repeats=args.repeats, index_sizes=args.index_sizes, num_threads=args.num_threads,
+            device=args.device, data_path=args.data, same_process=args.same_process,
+            progress=lambda message: print(f"  [{time.perf_counter() - started:5.0f} s] {message}",
+                                           file=sys.stderr, flush=True),
+        )
+        print(f"\nECG-only self-supervised training steps ({args.size}; {args.batch_size} views per step; "
+              "shares of the step time)")
+        print(format_table(tables["steps"]))
+        print("\nattribute neighbour index (built once per run; drawn once per epoch)")
+        print(format_table(tables["index"]))
+        print()
+        print("\n".join(summary(tables)))
+        if args.json:
+            Path(args.json).write_text(json.dumps(tables, indent=1))
     elif args.what == "pretraining":
         from .benchmarks.pretraining import benchmark_reference_comparison
 
@@ -487,6 +511,39 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     clerc.add_argument("--warmup", type=int, default=1, help="untimed rounds / steps before timing")
     clerc.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
     clerc.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
+    from .benchmarks.ssl import DEFAULT_INDEX_SIZES as SSL_INDEX_SIZES, SIZES as SSL_SIZES
+    from .training.positive_pairs import STRATEGIES as SSL_STRATEGIES
+
+    ssl = kinds.add_parser(
+        "ssl", help="ECG-only self-supervised pretraining: ECG/s of every positive-pair strategy next to supervised "
+                    "training of the same encoder, sampler and view-making shares of a step, neighbour-index cost",
+        description="Train a few steps of every ECG-only self-supervised strategy (the shipped ssl_<strategy>_tiny "
+                    "or ssl_<strategy> experiment files, through the real training loop, DataLoader without "
+                    "workers) and of the supervised baseline of the same encoder (cross-entropy on 4 rhythm "
+                    "classes, as many ECGs per step as views), each in a fresh process, rounds alternating, on a "
+                    "synthetic cohort written once; print ECG records/s, the ratio to supervised, the shares of "
+                    "the step spent in the batch sampler and the collator (feature extraction + views), then the "
+                    "build and per-epoch cost of the wave-attribute neighbour index at large sizes.")
+    ssl.add_argument("--size", choices=list(SSL_SIZES), default="tiny",
+                     help="tiny: the ssl_*_tiny files (8-conv ResNet, 12 x 500 views at 100 Hz); paper: the "
+                          "ssl_* files (ResNet-18, 12 x 2500 views at 500 Hz) (default: tiny)")
+    ssl.add_argument("--strategies", nargs="+", default=list(SSL_STRATEGIES), choices=list(SSL_STRATEGIES),
+                     metavar="NAME", help=f"of {', '.join(SSL_STRATEGIES)} (default: all; supervised always runs)")
+    ssl.add_argument("--batch-size", type=int, default=64,
+                     help="views per step (default: 64, the shipped files' 32 anchors x 2)")
+    ssl.add_argument("--steps", type=int, default=6, help="timed steps per variant and round (default: 6)")
+    ssl.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run (default: 2)")
+    ssl.add_argument("--repeats", type=int, default=2, help="rounds alternating the variants (default: 2)")
+    ssl.add_argument("--index-sizes", nargs="*", type=int, default=list(SSL_INDEX_SIZES),
+                     help="ECG counts of the neighbour-index table (default: 100000 800000; none: no table)")
+    ssl.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ssl.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the steps run (default: cpu)")
+    ssl.add_argument("--data", default=None,
+                     help="synthetic dataset folder, written there when missing (default: a temporary folder)")
+    ssl.add_argument("--same-process", action="store_true",
+                     help="run every variant in this process instead of a fresh one each (faster start; no "
+                          "per-variant peak memory)")
+    ssl.add_argument("--json", default=None, metavar="OUT", help="also write both tables to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 
 

@@ -34,6 +34,9 @@ The augmentations come from the ``ecg-augmentations`` package wherever it has th
 - :class:`StandardLeadOrder`: runs a transform written for the 12 standard leads in the package's order (I, II, III,
   aVR, aVL, aVF, V1-V6) on records whose leads are in another order, matching them by name.
 - the CLOCS segment and lead views.
+- :class:`InPlaceCompose`: the package's ``Compose`` with one working copy of the batch for all its steps (the
+  package's transforms each copy the whole batch when their probability picks only some records); same draws,
+  same result.
 
 The VCG transforms mix leads in physical units: give the view maker millivolts (the
 :class:`~cardiomm.data.collators.SelfSupervisedCollator` does, and normalises the views afterwards with each
