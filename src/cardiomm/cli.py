@@ -384,8 +384,8 @@ def _cmd_ssl_table(args: argparse.Namespace) -> int:
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    """``cardiomm bench encoders|vit|synthetic|data-loading|pretraining``: defaults run the full benchmark; the options
-    shrink it."""
+    """``cardiomm bench encoders|vit|synthetic|data-loading|pretraining|kmerl|clerc|ssl``: defaults run the full
+    benchmark; the options shrink it."""
     from .modeling.configuration_ecg_encoder import ECG_ENCODER_PRESETS
 
     bench = sub.add_parser("bench", help="speed benchmarks (print a table)",
