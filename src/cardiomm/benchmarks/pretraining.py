@@ -136,11 +136,19 @@ def experiment_for(variant: PretrainingVariant, data_path: str | os.PathLike, ba
         experiment.model["freeze_text_layers"] = variant.freeze_text_layers
     experiment.data.pop("synthetic", None)
     experiment.data.update({"path": str(data_path), "eval_split": "none"})
-    training = experiment.training
+    timed_training_settings(experiment.training, output_dir, batch_size, max_steps, num_workers)
+    experiment.training.mixed_precision = variant.mixed_precision
+    experiment.training.text_feature_cache = "off"  # the variants time the text tower on tokenised reports
+    return experiment
+
+
+def timed_training_settings(training: Any, output_dir: str | os.PathLike, batch_size: int, max_steps: int,
+                            num_workers: int = 0) -> None:
+    """Set a ``TrainingConfig`` for timing: ``max_steps`` steps of ``batch_size`` into ``output_dir``, with
+    ``num_workers`` DataLoader workers, no warm-up schedule, evaluation, checkpoints or loggers, one log line."""
     training.output_dir = str(output_dir)
     training.per_device_batch_size = batch_size
     training.max_steps = max_steps
-    training.mixed_precision = variant.mixed_precision
     training.num_workers = num_workers
     training.save_every_steps = None
     training.eval_every_steps = None
@@ -148,8 +156,6 @@ def experiment_for(variant: PretrainingVariant, data_path: str | os.PathLike, ba
     training.log_with = []
     training.warmup_steps = 0
     training.warmup_ratio = 0.0
-    training.text_feature_cache = "off"  # the variants time the text tower on tokenised reports
-    return experiment
 
 
 def mimic_length_reports(reports: Sequence[str], min_words: int = 40, max_words: int = 80, seed: int = 0

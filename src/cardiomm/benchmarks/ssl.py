@@ -116,18 +116,10 @@ def experiment_for(strategy: str, size: str, data_path: str | os.PathLike, batch
     if data.get("strategy") == "rhythm":
         # the paper file reads the Chapman rhythm task; the synthetic cohort's rhythm task is "rhythm"
         data["positives"] = {**dict(data.get("positives") or {}), "task": "rhythm"}
-    training = experiment.training
-    training.output_dir = str(output_dir)
-    training.per_device_batch_size = batch_size // 2
-    training.max_steps = max_steps
-    training.num_workers = 0
-    training.save_every_steps = None
-    training.eval_every_steps = None
-    training.log_every_steps = max_steps
-    training.log_with = []
-    training.warmup_steps = 0
-    training.warmup_ratio = 0.0
-    training.resume_from = None
+    from .pretraining import timed_training_settings
+
+    timed_training_settings(experiment.training, output_dir, batch_size // 2, max_steps)
+    experiment.training.resume_from = None
     return experiment
 
 

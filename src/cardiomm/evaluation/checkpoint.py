@@ -48,6 +48,16 @@ def require_known_model_type(folder: str | os.PathLike) -> None:
     )
 
 
+def check_loadable_model_type(folder: str | os.PathLike, trust_remote_code: bool = False) -> None:
+    """Read the model type of ``folder`` (``ValueError`` for a missing or invalid config) and, without
+    ``trust_remote_code``, refuse a type whose loading would run code shipped in the folder
+    (:func:`require_known_model_type`)."""
+    if trust_remote_code:
+        checkpoint_model_type(folder)
+    else:
+        require_known_model_type(folder)
+
+
 def load_ecg_text_checkpoint(folder: str | os.PathLike, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load ``(model, processor)`` of an ECG–text dual encoder saved with its processor.
 
@@ -58,10 +68,7 @@ def load_ecg_text_checkpoint(folder: str | os.PathLike, trust_remote_code: bool 
     from transformers import AutoModel, AutoProcessor
 
     root = Path(folder)
-    if trust_remote_code:
-        checkpoint_model_type(root)
-    else:
-        require_known_model_type(root)
+    check_loadable_model_type(root, trust_remote_code)
     try:
         model = AutoModel.from_pretrained(root, trust_remote_code=trust_remote_code).eval()
         processor = AutoProcessor.from_pretrained(root, trust_remote_code=trust_remote_code)

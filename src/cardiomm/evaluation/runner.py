@@ -306,13 +306,10 @@ def load_ecg_baseline(folder: str | os.PathLike, trust_remote_code: bool = False
     """
     from transformers import AutoFeatureExtractor, AutoModel
 
-    from .checkpoint import checkpoint_model_type, require_known_model_type
+    from .checkpoint import check_loadable_model_type
 
     root = check_baseline_folder(folder)
-    if trust_remote_code:
-        checkpoint_model_type(root)
-    else:
-        require_known_model_type(root)
+    check_loadable_model_type(root, trust_remote_code)
     try:
         model = AutoModel.from_pretrained(root, trust_remote_code=trust_remote_code).eval()
         feature_extractor = AutoFeatureExtractor.from_pretrained(root, trust_remote_code=trust_remote_code)
