@@ -126,7 +126,8 @@ def test_quickstart_trains_evaluates_saves_and_reloads(tmp_path: Path) -> None:
 
     results_table, summary = markdown_tables(run.stdout.split("[4/4] results", 1)[1])
     protocols = {(row["encoder"], row["protocol"]) for row in results_table}
-    assert {("pretrained", "zero-shot"), ("pretrained", "linear probe"), ("baseline: random init", "linear probe")} <= protocols
+    expected = {("pretrained", "zero-shot"), ("pretrained", "linear probe"), ("baseline: random init", "linear probe")}
+    assert expected <= protocols
     values = {row["item"]: row["value"] for row in summary}
     assert values["training steps"] == "2" and Path(values["checkpoint"]) == Path("outputs/quickstart/merl_tiny")
     assert float(values["reloaded model: largest embedding difference"]) <= 1e-5
