@@ -82,3 +82,62 @@ def load_ecg_text_checkpoint(folder: str | os.PathLike, trust_remote_code: bool 
             f"tokenizer); this folder holds {type(model).__name__} with {type(processor).__name__}"
         )
     return model, processor
+
+
+def find_ecg_encoder(model: Any) -> Any:
+    """The :class:`~cardiomm.ECGEncoderModel` inside ``model``: the model itself, or the one ECG encoder it holds
+    (the ECG tower of a dual encoder, K-MERL, CLERC or a self-supervised model, the encoder of a classifier or a
+    multi-task model). ``ValueError`` when it holds none or several at the top level."""
+    from ..modeling.modeling_ecg_encoder import ECGEncoderModel
+
+    if isinstance(model, ECGEncoderModel):
+        return model
+    found: list[tuple[str, Any]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, ECGEncoderModel) and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, module))
+    if len(found) != 1:
+        held = ", ".join(name for name, _ in found) or "none"
+        raise ValueError(f"{type(model).__name__} must hold exactly one ECG encoder (ECGEncoderModel); it holds {held}")
+    return found[0][1]
+
+
+def load_ecg_encoder(folder: str | os.PathLike, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(encoder, feature_extractor)`` from any cardiomm checkpoint folder that contains an ECG encoder.
+
+    Works for a plain encoder, a classifier, a multi-task model and the ECG tower of every multimodal and
+    self-supervised model: ``encoder`` is an :class:`~cardiomm.ECGEncoderModel` (in eval mode) whose
+    ``pooler_output`` is the ECG representation, ``feature_extractor`` the checkpoint's
+    :class:`~cardiomm.ECGFeatureExtractor` (its own, or its processor's). Without ``trust_remote_code`` no Python
+    file of the folder is imported (:func:`check_loadable_model_type`). ``ValueError`` naming the folder when it
+    is not a checkpoint, holds no ECG encoder, or has no ECG feature extractor.
+    """
+    from transformers import AutoFeatureExtractor, AutoModel, AutoProcessor
+
+    root = Path(folder)
+    try:
+        check_loadable_model_type(root, trust_remote_code)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
+    try:
+        model = AutoModel.from_pretrained(root, trust_remote_code=trust_remote_code)
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{root}: cannot load the checkpoint: {err}") from err
+    try:
+        encoder = find_ecg_encoder(model).eval()
+    except ValueError as err:
+        raise ValueError(f"{root}: {err}") from err
+    feature_extractor = None
+    for auto_class in (AutoFeatureExtractor, AutoProcessor):
+        try:
+            loaded = auto_class.from_pretrained(root, trust_remote_code=trust_remote_code)
+        except (OSError, KeyError, TypeError, ValueError):
+            continue
+        loaded = getattr(loaded, "feature_extractor", None) or loaded
+        if all(hasattr(loaded, name) for name in ("lead_names", "sampling_rate", "crop_length")):
+            feature_extractor = loaded
+            break
+    if feature_extractor is None:
+        raise ValueError(f"{root}: no ECG feature extractor (preprocessor_config.json of an ECGFeatureExtractor, or "
+                         "a processor holding one) was saved with the model")
+    return encoder, feature_extractor
