@@ -87,6 +87,9 @@ def register_all() -> None:
     for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig, ECGSelfSupervisedConfig):
         AutoFeatureExtractor.register(config_class, ECGFeatureExtractor, exist_ok=True)
     AutoTokenizer.register(ECGSEHRDualEncoderConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
+    from .hub.custom_pipelines import register_pipelines  # the ecg-classification pipelines
+
+    register_pipelines()
 
 
 register_all()

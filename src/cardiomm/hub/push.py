@@ -6,8 +6,9 @@ What is uploaded (everything else in the folder stays local and is listed as lef
   (``pytorch_model.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.pkl``) are never uploaded: loading a pickle runs
   code, and every cardiomm checkpoint is saved as safetensors (re-save an old one with ``save_pretrained``);
 - ``config.json`` / ``adapter_config.json``, the processor, feature-extractor and tokenizer files;
-- the Python files ``trust_remote_code`` loading imports: the modules named in ``auto_map`` and the sibling
-  modules they import (:func:`cardiomm.hub.remote_code.remote_code_files`);
+- the Python files ``trust_remote_code`` loading imports: the modules named in ``auto_map``, the pipeline
+  modules named in ``config.json``'s ``custom_pipelines``, and the sibling modules they import
+  (:func:`cardiomm.hub.remote_code.remote_code_files`);
 - the model card ``README.md``;
 - ``training_config.yaml`` with local paths removed: every absolute path (``/home/...``, ``/tmp/...``,
   ``C:\\...``) and home-relative path (``~/...``) inside its values becomes ``<local>/`` followed by the path's
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..processing.processing_ecg_sehr import CODE_TOKENIZER_FOLDER
 from ..processing.tokenization_medical_codes import VOCAB_FILES_NAMES as MEDICAL_CODE_VOCAB_FILES
-from .remote_code import remote_code_files
+from .remote_code import CUSTOM_PIPELINES_SOURCE, remote_code_files
 
 SAFETENSORS_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.safetensors.index.json")
 PICKLE_PATTERNS: tuple[str, ...] = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
@@ -192,7 +193,11 @@ def check_checkpoint(folder: str | os.PathLike) -> list[str]:
     if MODEL_CARD not in names:
         problems.append("README.md (model card) is missing")
     for file_name, source in remote_code_files(root).missing:
-        problems.append(f"{source} auto_map needs {file_name}, which is missing")
+        if source.endswith(".py"):
+            problems.append(f"{source} imports {file_name}, which is missing")
+        else:
+            named_by = source if source == CUSTOM_PIPELINES_SOURCE else f"{source} auto_map"
+            problems.append(f"{named_by} needs {file_name}, which is missing")
     return problems
 
 

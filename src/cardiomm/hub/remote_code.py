@@ -1,5 +1,6 @@
-"""The Python files a checkpoint ships for ``trust_remote_code`` loading: the modules its ``auto_map`` names
-and the sibling modules those import with single-dot imports (found the way ``transformers`` finds them)."""
+"""The Python files a checkpoint ships for ``trust_remote_code`` loading: the modules its ``auto_map`` names, the
+pipeline modules its ``config.json`` names in ``custom_pipelines``, and the sibling modules those import with
+single-dot imports (found the way ``transformers`` finds them)."""
 
 from __future__ import annotations
 
@@ -70,17 +71,38 @@ def auto_map_modules(folder: str | os.PathLike) -> dict[str, list[str]]:
     return modules
 
 
+#: Where :func:`remote_code_files` says a pipeline module is named.
+CUSTOM_PIPELINES_SOURCE = "config.json custom_pipelines"
+
+
+def custom_pipeline_modules(folder: str | os.PathLike) -> list[str]:
+    """Module names of the pipeline classes (``impl``) that ``config.json`` of ``folder`` names in
+    ``custom_pipelines`` (what ``pipeline(task, model=folder, trust_remote_code=True)`` imports)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return []
+    config = _read_json(path)
+    pipelines = config.get("custom_pipelines") if isinstance(config, dict) else None
+    found: list[str] = []
+    for entry in (pipelines or {}).values() if isinstance(pipelines, dict) else ():
+        impl = entry.get("impl") if isinstance(entry, dict) else None
+        if isinstance(impl, str) and "." in impl and "--" not in impl:
+            found.append(impl.rsplit(".", 1)[0])
+    return list(dict.fromkeys(found))
+
+
 def remote_code_files(folder: str | os.PathLike) -> RemoteCode:
     """Every ``.py`` file of ``folder`` that ``trust_remote_code`` loading would import.
 
-    Starts from the modules named in ``auto_map`` and follows single-dot imports
-    (``transformers.dynamic_module_utils.get_relative_imports``) through the files present.
+    Starts from the modules named in ``auto_map`` and in ``config.json``'s ``custom_pipelines`` and follows
+    single-dot imports (``transformers.dynamic_module_utils.get_relative_imports``) through the files present.
     """
     from transformers.dynamic_module_utils import get_relative_imports
 
     root = Path(folder)
     result = RemoteCode()
     queue = [(module, source) for source, modules in auto_map_modules(root).items() for module in modules]
+    queue += [(module, CUSTOM_PIPELINES_SOURCE) for module in custom_pipeline_modules(root)]
     seen: set[str] = set()
     while queue:
         module, source = queue.pop(0)

@@ -31,11 +31,25 @@ from .objectives import PretrainingRun, build_run, check_experiment
 from .sampling import seed_everything
 
 
+def _is_ecg_text_run(run: PretrainingRun) -> bool:
+    """Whether the run trains an ECG–text dual encoder with an ``ECGTextProcessor`` (zero-shot classifiable)."""
+    from ..processing.processing_ecg_text import ECGTextProcessor
+
+    model = run.model
+    return isinstance(run.processor, ECGTextProcessor) and all(
+        hasattr(model, name) for name in ("get_ecg_features", "get_text_features"))
+
+
 def save_preprocessing(run: PretrainingRun, output_dir: str | os.PathLike) -> None:
     """Save the run's processor (or its feature extractor / tokenizer) next to the weights, then run the objective's
-    ``after_save`` (e.g. the encoder export of a self-supervised run)."""
+    ``after_save`` (e.g. the encoder export of a self-supervised run). An ECG–text dual encoder also gets the
+    ``zero-shot-ecg-classification`` pipeline (:func:`cardiomm.hub.custom_pipelines.save_custom_pipeline`)."""
     if run.processor is not None:
         run.processor.save_pretrained(output_dir)
+        if _is_ecg_text_run(run):
+            from ..hub.custom_pipelines import save_custom_pipeline
+
+            save_custom_pipeline(output_dir, "zero-shot-ecg-classification")
     else:
         for part in (run.feature_extractor, run.tokenizer):
             if part is not None:
@@ -75,6 +89,7 @@ def pretrain(config: str | os.PathLike | ExperimentConfig, **overrides: Any) -> 
         run.train_dataset,
         collate_fn=run.collate_fn,
         eval_dataset=run.eval_dataset,
+        eval_fn=run.eval_fn,
         on_save=lambda output_dir: save_preprocessing(run, output_dir),
         resume_checkpoint=checkpoint,
         train_batch_sampler=run.train_batch_sampler,
