@@ -169,6 +169,9 @@ def test_evaluate_command(checkpoint: Path, dataset: Path, tmp_path: Path) -> No
     assert f"Left out ({len(results['skipped'])})" in run.stdout
     markdown = (out / "results.md").read_text()
     assert table_lines[0] in markdown and "Protocol:" in markdown and "Left out" in markdown
+    for task in results["tasks"]:  # an embedding map of the test split per task, next to the ROC plots, listed
+        assert (out / f"embedding_map_{task}.png").read_bytes().startswith(PNG_MAGIC)
+        assert f"- embedding_map_{task}.png" in markdown and f"- roc_zero_shot_{task}.png" in markdown
     assert f"results written to {out}" in run.stdout
 
 

@@ -383,6 +383,25 @@ def _cmd_ssl_table(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands whose options and work live in one module each: (name, module, help). The module defines
+#: ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when the parser is built.
+DELEGATED_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("plot", "cardiomm.evaluation.ecg_plot",
+     "draw a record in the clinical 12-lead layout, with a classifier's predictions and saliency"),
+)
+
+
+def _add_delegated_parsers(sub: argparse._SubParsersAction) -> None:
+    import importlib
+
+    for name, module_name, help_text in DELEGATED_COMMANDS:
+        module = importlib.import_module(module_name)
+        parser = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        module.add_arguments(parser)
+        parser.set_defaults(func=module.run)
+
+
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     """``cardiomm bench encoders|vit|synthetic|data-loading|pretraining|kmerl|clerc|ssl``: defaults run the full
     benchmark; the options shrink it."""
@@ -782,6 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--probe-seeds", nargs="+", type=int, default=[0, 1, 2],
                        help="linear-probe subsampling seeds (default: 0 1 2)")
     quick.set_defaults(func=_cmd_quickstart)
+
+    _add_delegated_parsers(sub)
 
     convert = sub.add_parser("convert", help="convert an original research checkpoint to a cardiomm checkpoint folder")
     convert_sub = convert.add_subparsers(dest="convert_command", required=True)

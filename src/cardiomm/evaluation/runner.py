@@ -44,7 +44,7 @@ from ..data.ecg_dataset import ECGDatasetInfo, label_column
 from .embeddings import embed_ecgs, text_encoder
 from .linear_probe import linear_probe
 from .metrics import as_multi_hot, classification_metrics, evaluable_classes
-from .plots import plot_roc_curves
+from .plots import embedding_map_coordinates, plot_embedding_map, plot_roc_curves
 from .results import results_table, save_results
 from .retrieval import median_percentile_rank, precision_at_k
 from .zero_shot import query_network_scores, zero_shot_classify
@@ -437,7 +437,9 @@ def evaluate_ecg_text_model(
     ``processor``). Each gets the model's linear probe and ECG→ECG retrieval on its frozen ``pooler_output``, so the
     table compares like with like: rows ``baseline: NAME`` (``(own preprocessing)`` added when its feature
     extractor's rate, crop, normalisation or leads differ from the model's), results under ``"baselines"``. Results
-    go to ``out_dir`` as ``results.json``, ``results.md`` and one ROC-curve PNG per task with a zero-shot result.
+    go to ``out_dir`` as ``results.json``, ``results.md`` (which lists the figures), one ROC-curve PNG per task with
+    a zero-shot result and one embedding map per task (``embedding_map_<task>.png``: t-SNE, or UMAP when umap-learn
+    is installed, of the test embeddings, coloured by label; see :func:`~cardiomm.evaluation.plots.map_labels`).
 
     Nothing that the data cannot support stops the evaluation: such classes and protocols are left out, each
     named in a ``UserWarning``, in ``report.skipped`` and under ``"skipped"`` in the results (per task and in
@@ -480,8 +482,10 @@ def evaluate_ecg_text_model(
     if baseline_results:
         report.results["baselines"] = baseline_results
     out = Path(out_dir) if out_dir is not None else None
+    map_coordinates = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        map_coordinates = embedding_map_coordinates(zs_embeddings)  # one map of the test embeddings for every task
     for task in tasks:
         column = label_column(task)
         names = list(info.tasks[task])
@@ -552,6 +556,10 @@ def evaluate_ecg_text_model(
         else:
             skipped.append(SkippedResult(task, "ECG→ECG retrieval", "test", None,
                                          "no test ECG has a positive label of the task"))
+        if map_coordinates is not None:
+            report.files.append(plot_embedding_map(zs_embeddings, y_test, out / f"embedding_map_{task}.png",
+                                                   label_names=names, coordinates=map_coordinates,
+                                                   title=f"test ECG embeddings ({map_coordinates[2]}): {task}"))
         entry["skipped"] = [asdict(item) for item in skipped]
         report.skipped += skipped
         report.results["tasks"][task] = entry
@@ -568,6 +576,8 @@ def evaluate_ecg_text_model(
     report.results["skipped"] = [asdict(item) for item in report.skipped]
     if out is not None:
         report.files.append(save_results(report.results, out / "results.json"))
-        (out / "results.md").write_text(report.markdown() + "\n\nProtocol:\n" + PROTOCOL + "\n")
+        figures = "".join(f"\n- {path.name}" for path in report.files if path.suffix == ".png")
+        (out / "results.md").write_text(report.markdown() + (f"\n\nFigures:{figures}" if figures else "")
+                                        + "\n\nProtocol:\n" + PROTOCOL + "\n")
         report.files.append(out / "results.md")
     return report
