@@ -20,8 +20,10 @@ from cardiomm import (
     CLERCMultiEncoder,
     CLERCMultiEncoderConfig,
     ECGEncoderConfig,
+    ECGEncoderForMultiTask,
     ECGEncoderForSequenceClassification,
     ECGEncoderModel,
+    ECGMultiTaskConfig,
     ECGSEHRDualEncoder,
     ECGSEHRDualEncoderConfig,
     ECGSelfSupervisedConfig,
@@ -459,3 +461,27 @@ class ECGSelfSupervisedModelTest(CardiommModelTest, ModelTesterMixin, unittest.T
 
     def labels_for(self, model_class, inputs):
         return {"positive_ids": torch.tensor([0, 0])}  # the two rows are views of one ECG: one positive each
+
+
+# ------------------------------------------------------------------------------------- ECG-MTL multi-task model
+
+def ecg_mtl_config() -> ECGMultiTaskConfig:
+    return ECGMultiTaskConfig(ecg_config=resnet_config(), classification_tasks=["af", "lbbb"],
+                              regression_tasks=["lvef"], regression_mean=[55.0], regression_std=[10.0],
+                              head_hidden_sizes=[8])
+
+
+class ECGMultiTaskModelTest(CardiommModelTest, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (ECGEncoderForMultiTask,)
+    get_config = staticmethod(ecg_mtl_config)
+    get_inputs = staticmethod(ecg_inputs)
+    seq_length = TIME // 2  # of hidden_states[0], the encoder's first stride-2 stage (returned at the top level)
+    expected_num_hidden_layers = 2  # one per stage of the encoder
+    test_resize_embeddings = False
+    has_attentions = False  # convolutions
+    skipped_tests = {"test_model_get_set_embeddings": NO_TOKEN_EMBEDDINGS}
+
+    def labels_for(self, model_class, inputs):
+        nan = float("nan")  # one missing target per task kind: masked out of the loss
+        return {"classification_labels": torch.tensor([[1.0, nan], [0.0, 1.0]]),
+                "regression_labels": torch.tensor([[61.0], [nan]])}

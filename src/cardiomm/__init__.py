@@ -13,6 +13,7 @@ from . import auto as _auto  # noqa: F401  (registration with the Auto classes)
 from .modeling.configuration_clerc import CLERCMultiEncoderConfig
 from .modeling.configuration_ecg_contrastive import ECGContrastiveConfig, ECGDualEncoderConfig
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
+from .modeling.configuration_ecg_mtl import ECGMultiTaskConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .modeling.configuration_ecg_ssl import ECGSelfSupervisedConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
@@ -30,6 +31,7 @@ from .modeling.modeling_ecg_encoder import (
 )
 from .modeling.modeling_ecg_contrastive import ECGContrastiveModel, ECGContrastivePreTrainedModel, ECGDualEncoderModel
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder, ECGSEHROutput
+from .modeling.modeling_ecg_mtl import ECGEncoderForMultiTask, ECGMultiTaskOutput
 from .modeling.modeling_ecg_ssl import ECGSelfSupervisedModel, ECGSelfSupervisedOutput
 from .modeling.modeling_ecg_text import ECGTextDualEncoder, ECGTextOutput
 from .modeling.modeling_kmerl import KMERLQueryModel, KMERLQueryOutput
@@ -58,6 +60,7 @@ __all__ = [
     "R2Plus1DConfig",
     "CLERCMultiEncoderConfig",
     "ECGSelfSupervisedConfig",
+    "ECGMultiTaskConfig",
     # ECG encoders
     "ECGEncoderPreTrainedModel",
     "ECGEncoderModel",
@@ -67,6 +70,9 @@ __all__ = [
     # ECG-only self-supervised contrastive model
     "ECGSelfSupervisedModel",
     "ECGSelfSupervisedOutput",
+    # supervised multi-task ECG model (ECG-MTL)
+    "ECGEncoderForMultiTask",
+    "ECGMultiTaskOutput",
     # contrastive dual encoders (ECG-text, ECG-sEHR) and the sEHR-ECG-text model
     "ECGContrastivePreTrainedModel",
     "ECGContrastiveModel",

@@ -19,6 +19,7 @@ from transformers import (
 
 from .modeling.configuration_clerc import CLERCMultiEncoderConfig
 from .modeling.configuration_ecg_encoder import ECGEncoderConfig
+from .modeling.configuration_ecg_mtl import ECGMultiTaskConfig
 from .modeling.configuration_ecg_sehr import ECGSEHRDualEncoderConfig
 from .modeling.configuration_ecg_ssl import ECGSelfSupervisedConfig
 from .modeling.configuration_ecg_text import ECGTextDualEncoderConfig
@@ -28,6 +29,7 @@ from .modeling.configuration_sehr_bert import SEHRBertConfig
 from .modeling.configuration_sehr_ecg_text import SEHRECGTextConfig
 from .modeling.modeling_clerc import CLERCMultiEncoder
 from .modeling.modeling_ecg_encoder import ECGEncoderForSequenceClassification, ECGEncoderModel
+from .modeling.modeling_ecg_mtl import ECGEncoderForMultiTask
 from .modeling.modeling_ecg_sehr import ECGSEHRDualEncoder
 from .modeling.modeling_ecg_ssl import ECGSelfSupervisedModel
 from .modeling.modeling_ecg_text import ECGTextDualEncoder
@@ -53,6 +55,7 @@ CONFIGS = (
     (R2Plus1DConfig.model_type, R2Plus1DConfig),
     (CLERCMultiEncoderConfig.model_type, CLERCMultiEncoderConfig),
     (ECGSelfSupervisedConfig.model_type, ECGSelfSupervisedConfig),
+    (ECGMultiTaskConfig.model_type, ECGMultiTaskConfig),
 )
 #: (Auto class, config class, model class).
 MODELS = (
@@ -67,6 +70,7 @@ MODELS = (
     (AutoModel, R2Plus1DConfig, R2Plus1DVideoModel),
     (AutoModel, CLERCMultiEncoderConfig, CLERCMultiEncoder),
     (AutoModel, ECGSelfSupervisedConfig, ECGSelfSupervisedModel),
+    (AutoModel, ECGMultiTaskConfig, ECGEncoderForMultiTask),
 )
 
 
@@ -84,7 +88,7 @@ def register_all() -> None:
     AutoProcessor.register(SEHRECGTextConfig, SEHRECGTextProcessor, exist_ok=True)
     AutoProcessor.register(CLERCMultiEncoderConfig, CLERCProcessor, exist_ok=True)
     AutoTokenizer.register(SEHRBertConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
-    for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig, ECGSelfSupervisedConfig):
+    for config_class in (ECGSEHRDualEncoderConfig, SEHRECGTextConfig, ECGSelfSupervisedConfig, ECGMultiTaskConfig):
         AutoFeatureExtractor.register(config_class, ECGFeatureExtractor, exist_ok=True)
     AutoTokenizer.register(ECGSEHRDualEncoderConfig, slow_tokenizer_class=MedicalCodeTokenizer, exist_ok=True)
     from .hub.custom_pipelines import register_pipelines  # the ecg-classification pipelines

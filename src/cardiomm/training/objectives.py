@@ -90,6 +90,9 @@ class PretrainingRun:
     after_save: Callable[[str | os.PathLike], Any] | None = None
     """Called with the output folder after the final weights and the processor are saved (e.g. to export a
     sub-model)."""
+    eval_fn: Callable[[Any, Any], dict[str, float]] | None = None
+    """Extra metrics at every evaluation, ``eval_fn(model, accelerator) -> {name: value}`` (the training loop's
+    ``eval_fn``; e.g. the per-task metrics of a multi-task run)."""
 
 
 def build_ecg_text_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
@@ -533,6 +536,14 @@ def build_ecg_ssl_run(experiment: ExperimentConfig, experiment_data: ExperimentD
     return build_self_supervised_run(experiment, experiment_data)
 
 
+def build_ecg_multitask_run(experiment: ExperimentConfig, experiment_data: ExperimentData) -> PretrainingRun:
+    """Build a supervised multi-task run (:class:`~cardiomm.ECGEncoderForMultiTask`, ECG-MTL); see
+    :mod:`~cardiomm.training.multitask`."""
+    from .multitask import build_multitask_run
+
+    return build_multitask_run(experiment, experiment_data)
+
+
 OBJECTIVES = {
     "ecg_text_dual_encoder": build_ecg_text_run,
     "kmerl_query_model": build_kmerl_run,
@@ -541,6 +552,7 @@ OBJECTIVES = {
     "sehr_bert": build_sehr_bert_run,
     "clerc_multi_encoder": build_clerc_run,
     "ecg_self_supervised": build_ecg_ssl_run,
+    "ecg_multitask": build_ecg_multitask_run,
 }
 
 
@@ -597,6 +609,13 @@ def check_experiment(experiment: ExperimentConfig) -> None:
         from .self_supervised import check_ssl_experiment
 
         problems = check_ssl_experiment(model, data, source)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return
+    if kind == "ecg_multitask":
+        from .multitask import check_multitask_experiment
+
+        problems = check_multitask_experiment(model, data, source)
         if problems:
             raise ValueError("\n".join(problems))
         return
