@@ -386,6 +386,8 @@ def _cmd_ssl_table(args: argparse.Namespace) -> int:
 #: Commands whose options and work live in one module each: (name, module, help). The module defines
 #: ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when the parser is built.
 DELEGATED_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("finetune", "cardiomm.training.finetune",
+     "fine-tune the ECG encoder of any checkpoint on a labelled dataset (full or LoRA), over seeds and fractions"),
     ("plot", "cardiomm.evaluation.ecg_plot",
      "draw a record in the clinical 12-lead layout, with a classifier's predictions and saliency"),
 )

@@ -178,6 +178,10 @@ class TrainingLoop:
             :class:`~cardiomm.training.sampling.ModalityGroupedBatchSampler`) replacing the shuffled batches of
             ``per_device_batch_size``.
         eval_batch_sampler: optional batch sampler over ``eval_dataset``, used as it is at every evaluation.
+        plateau_metric: the evaluation metric that drives ``lr_schedule: plateau`` when it differs from
+            ``monitor_metric`` (which then drives early stopping and the best model alone), e.g. the rate halved
+            when the validation AUROC stalls while training stops on the validation loss.
+        plateau_mode: ``"min"`` or ``"max"`` for ``plateau_metric`` (default: ``monitor_mode``).
     """
 
     def __init__(
@@ -194,6 +198,8 @@ class TrainingLoop:
         resume_checkpoint: VerifiedCheckpoint | Literal["config"] | None = "config",
         train_batch_sampler: Any | None = None,
         eval_batch_sampler: Any | None = None,
+        plateau_metric: str | None = None,
+        plateau_mode: str | None = None,
     ) -> None:
         if isinstance(resume_checkpoint, str) and resume_checkpoint != "config":
             raise ValueError(f"resume_checkpoint must be 'config', a VerifiedCheckpoint or None, not "
@@ -206,6 +212,7 @@ class TrainingLoop:
         self.eval_fn = eval_fn
         self.on_save = on_save
         self.on_step_end = on_step_end
+        self.plateau_metric = plateau_metric or cfg.monitor_metric
         self.state = TrainingState()
 
         mixed_precision = _resolve_mixed_precision(cfg.mixed_precision)
@@ -284,7 +291,9 @@ class TrainingLoop:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accelerator.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
         # stepped once per optimiser step by the loop (not by Accelerate, which would step it once per process)
-        self.lr_scheduler = build_lr_scheduler(self._raw_optimizer, cfg, self.total_steps, self.steps_per_epoch)
+        schedule_config = dataclasses.replace(cfg, monitor_mode=plateau_mode) if plateau_mode else cfg
+        self.lr_scheduler = build_lr_scheduler(self._raw_optimizer, schedule_config, self.total_steps,
+                                               self.steps_per_epoch)
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -484,10 +493,13 @@ class TrainingLoop:
         state.last_eval_step = state.global_step
         state.last_metrics = metrics
         value = metrics.get(cfg.monitor_metric)
+        plateau_value = metrics.get(self.plateau_metric)
+        if (plateau_value is not None and math.isfinite(plateau_value)
+                and isinstance(self.lr_scheduler, PlateauScheduleWithWarmup)
+                and self.lr_scheduler.report(plateau_value)):
+            logger.info("step %d: %s stalled, learning rate now %.3g", state.global_step, self.plateau_metric,
+                        self.lr_scheduler.get_last_lr()[0])
         if value is not None and math.isfinite(value):
-            if isinstance(self.lr_scheduler, PlateauScheduleWithWarmup) and self.lr_scheduler.report(value):
-                logger.info("step %d: %s stalled, learning rate now %.3g", state.global_step, cfg.monitor_metric,
-                            self.lr_scheduler.get_last_lr()[0])
             better = state.best_metric is None or (
                 value < state.best_metric if cfg.monitor_mode == "min" else value > state.best_metric
             )
