@@ -388,6 +388,10 @@ def _cmd_ssl_table(args: argparse.Namespace) -> int:
 DELEGATED_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("finetune", "cardiomm.training.finetune",
      "fine-tune the ECG encoder of any checkpoint on a labelled dataset (full or LoRA), over seeds and fractions"),
+    ("embed", "cardiomm.evaluation.record_embeddings",
+     "embed a dataset folder or a folder of raw records (WFDB, challenge .mat) into a Parquet file"),
+    ("ood", "cardiomm.evaluation.ood_report",
+     "out-of-distribution detection (relative Mahalanobis distance): rejection rates and IND-vs-OOD AUROC"),
     ("plot", "cardiomm.evaluation.ecg_plot",
      "draw a record in the clinical 12-lead layout, with a classifier's predictions and saliency"),
 )

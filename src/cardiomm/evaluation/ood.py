@@ -9,6 +9,9 @@ With ``MD_k(z) = (z − μ_k)ᵀ Σ⁻¹ (z − μ_k)`` and ``MD_0(z) = (z − �
 to class ``k`` is ``RMD_k(z) = MD_k(z) − MD_0(z)`` and the OOD score is ``min_k RMD_k(z)`` (higher = more
 out-of-distribution). With multi-hot labels a sample contributes to the mean and the pooled scatter of every
 class it is positive for; samples without a positive label only enter the background Gaussian.
+
+With a single class holding every sample the class Gaussian is the background one and ``RMD`` is 0 everywhere;
+``score(..., relative=False)`` then gives the plain Mahalanobis score ``min_k MD_k(z)`` (Lee et al., 2018).
 """
 
 from __future__ import annotations
@@ -82,8 +85,15 @@ class RelativeMahalanobis:
         md_0 = _squared_distances(z, self.background_mean[None, :], self.background_precision)
         return md_k - md_0
 
-    def score(self, embeddings: Any) -> np.ndarray:
-        """OOD score ``min_k RMD_k(z)`` per embedding: ``(N,)``, higher = more out-of-distribution."""
+    def distances(self, embeddings: Any) -> np.ndarray:
+        """``MD_k(z)`` for every class: ``(N, K)``."""
+        return _squared_distances(_to_numpy(embeddings), self.class_means, self.class_precision)
+
+    def score(self, embeddings: Any, relative: bool = True) -> np.ndarray:
+        """OOD score ``min_k RMD_k(z)`` per embedding: ``(N,)``, higher = more out-of-distribution;
+        ``relative=False`` gives ``min_k MD_k(z)`` instead."""
+        if not relative:
+            return self.distances(embeddings).min(axis=1)
         return self.relative_distances(embeddings).min(axis=1)
 
 
