@@ -107,6 +107,22 @@ def prepare_ecg(
     return model_inputs
 
 
+def preprocess_parameters(
+    sampling_rate: float | None, lead_names: Sequence[str] | None, crop: str | None
+) -> dict[str, Any]:
+    """The ``preprocess`` keyword arguments of both ECG pipelines: those given, ``crop`` checked."""
+    preprocess: dict[str, Any] = {}
+    if sampling_rate is not None:
+        preprocess["sampling_rate"] = sampling_rate
+    if lead_names is not None:
+        preprocess["lead_names"] = list(lead_names)
+    if crop is not None:
+        if crop not in PIPELINE_CROPS:
+            raise ValueError(f"crop must be one of {PIPELINE_CROPS}, got {crop!r}")
+        preprocess["crop"] = crop
+    return preprocess
+
+
 def window_median(values: torch.Tensor) -> torch.Tensor:
     """Median over the first (window) axis, the mean of the two middle values for an even count (as
     ``numpy.median``)."""
@@ -170,15 +186,7 @@ class ECGClassificationPipeline(Pipeline):
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         if kwargs:
             raise ValueError(f"unknown arguments of the ecg-classification pipeline: {sorted(kwargs)}")
-        preprocess: dict[str, Any] = {}
-        if sampling_rate is not None:
-            preprocess["sampling_rate"] = sampling_rate
-        if lead_names is not None:
-            preprocess["lead_names"] = list(lead_names)
-        if crop is not None:
-            if crop not in PIPELINE_CROPS:
-                raise ValueError(f"crop must be one of {PIPELINE_CROPS}, got {crop!r}")
-            preprocess["crop"] = crop
+        preprocess = preprocess_parameters(sampling_rate, lead_names, crop)
         postprocess: dict[str, Any] = {}
         if top_k is not None:
             postprocess["top_k"] = check_top_k(top_k)

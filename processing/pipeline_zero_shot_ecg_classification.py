@@ -25,10 +25,10 @@ import torch
 from transformers import Pipeline
 
 from .pipeline_ecg_classification import (
-    PIPELINE_CROPS,
     as_ecg_list,
     check_top_k,
     prepare_ecg,
+    preprocess_parameters,
     ranked_labels,
     window_median,
 )
@@ -127,15 +127,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         if kwargs:
             raise ValueError(f"unknown arguments of the zero-shot-ecg-classification pipeline: {sorted(kwargs)}")
-        preprocess: dict[str, Any] = {}
-        if sampling_rate is not None:
-            preprocess["sampling_rate"] = sampling_rate
-        if lead_names is not None:
-            preprocess["lead_names"] = list(lead_names)
-        if crop is not None:
-            if crop not in PIPELINE_CROPS:
-                raise ValueError(f"crop must be one of {PIPELINE_CROPS}, got {crop!r}")
-            preprocess["crop"] = crop
+        preprocess = preprocess_parameters(sampling_rate, lead_names, crop)
         forward: dict[str, Any] = {}
         if candidate_labels is not None:
             template = DEFAULT_HYPOTHESIS_TEMPLATE if hypothesis_template is None else hypothesis_template
