@@ -312,9 +312,9 @@ def metric_key(name: str) -> str:
 def check_multitask_experiment(model: dict[str, Any], data: dict[str, Any], source: str) -> list[str]:
     """Problems (one line each, naming ``source`` and the key) of the ``model`` and ``data`` sections of an
     ``ecg_multitask`` experiment; nothing is built or read (the columns are checked when the dataset is read)."""
-    from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
     from ..modeling.configuration_ecg_mtl import ECGMultiTaskConfig
     from .experiment_data import check_synthetic_section
+    from .objectives import check_ecg_tower
 
     problems: list[str] = []
 
@@ -327,16 +327,6 @@ def check_multitask_experiment(model: dict[str, Any], data: dict[str, Any], sour
     accepted = {"type", "init_from", "ecg"} | (config_class_parameters(ECGMultiTaskConfig) - set(DATA_FILLED_FIELDS))
     attempt(lambda: check_keys(model, accepted, source, "model",
                                owner="ECGMultiTaskConfig or the ecg_multitask objective"))
-
-    def ecg_section() -> None:
-        ecg = model.get("ecg") or {}
-        if not isinstance(ecg, dict):
-            raise ValueError(f"{source}: model.ecg must be a mapping, got {ecg!r}")
-        check_keys(ecg, config_class_parameters(ECGEncoderConfig) | {"pretrained"}, source, "model.ecg",
-                   owner="ECGEncoderConfig")
-        if ecg.get("pretrained") and set(ecg) - {"pretrained"}:
-            raise ValueError(f"{source}: model.ecg.pretrained loads a saved encoder, whose configuration would "
-                             f"override {sorted(set(ecg) - {'pretrained'})}; remove them or 'pretrained'")
 
     def columns_section() -> None:
         classification = _string_list(data.get("classification_columns"), source, "data.classification_columns")
@@ -356,7 +346,7 @@ def check_multitask_experiment(model: dict[str, Any], data: dict[str, Any], sour
                 raise ValueError(f"{source}: data.regression_valid_ranges.{column} must be [low, high] with "
                                  f"low < high, got {bounds!r}")
 
-    attempt(ecg_section)
+    attempt(lambda: check_ecg_tower(model.get("ecg"), source))
     attempt(lambda: check_keys(data, MULTITASK_DATA_KEYS, source, "data", owner="the ecg_multitask objective"))
     attempt(lambda: check_synthetic_section(data.get("synthetic"), source, paired=False))
     attempt(columns_section)

@@ -635,7 +635,7 @@ def check_experiment(experiment: ExperimentConfig) -> None:
         checks += [
             lambda: check_keys(model, accepted, source, "model",
                                owner="CLERCMultiEncoderConfig or the clerc_multi_encoder objective"),
-            lambda: _check_ecg_tower(model.get("ecg"), source),
+            lambda: check_ecg_tower(model.get("ecg"), source),
             lambda: _check_imaging_towers(model, source),
             lambda: _check_text_config(model.get("text_config"), source),
             lambda: _check_clerc_data(data, source),
@@ -657,7 +657,7 @@ def check_experiment(experiment: ExperimentConfig) -> None:
         accepted = builder_keys | (config_class_parameters(composite) - sub_configs)
         checks += [
             lambda: check_keys(model, accepted, source, "model", owner=f"{composite.__name__} or the {kind} objective"),
-            lambda: _check_ecg_tower(model.get("ecg"), source),
+            lambda: check_ecg_tower(model.get("ecg"), source),
         ]
         if "ehr" in towers:
             checks.append(lambda: _check_ehr_tower(model.get("ehr"), source))
@@ -690,7 +690,8 @@ def _check_pretrained_alone(values: dict[str, Any], source: str, where: str, key
         )
 
 
-def _check_ecg_tower(value: Any, source: str) -> None:
+def check_ecg_tower(value: Any, source: str) -> None:
+    """Check an experiment file's ``model.ecg`` section: ``ECGEncoderConfig`` fields, or ``pretrained`` alone."""
     from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
 
     ecg = _section(value, source, "model.ecg")

@@ -115,11 +115,11 @@ def view_kind(strategy: str) -> str:
 def check_ssl_experiment(model: dict[str, Any], data: dict[str, Any], source: str) -> list[str]:
     """Problems (one line each, naming ``source`` and the key) of the ``model`` and ``data`` sections of an
     ``ecg_self_supervised`` experiment; nothing is built or read."""
-    from ..modeling.configuration_ecg_encoder import ECGEncoderConfig
     from ..modeling.configuration_ecg_ssl import ECGSelfSupervisedConfig
     from ..synthetic.ecg import STANDARD_LEAD_ORDER
     from .ecg_views import ECGViewMaker
     from .experiment_data import check_synthetic_section
+    from .objectives import check_ecg_tower
     from .positive_pairs import SAME_ECG_STRATEGIES, STRATEGY_OPTIONS
 
     problems: list[str] = []
@@ -134,17 +134,7 @@ def check_ssl_experiment(model: dict[str, Any], data: dict[str, Any], source: st
     attempt(lambda: check_keys(model, accepted, source, "model",
                                owner="ECGSelfSupervisedConfig or the ecg_self_supervised objective"))
 
-    def ecg_section() -> None:
-        ecg = model.get("ecg") or {}
-        if not isinstance(ecg, dict):
-            raise ValueError(f"{source}: model.ecg must be a mapping, got {ecg!r}")
-        check_keys(ecg, config_class_parameters(ECGEncoderConfig) | {"pretrained"}, source, "model.ecg",
-                   owner="ECGEncoderConfig")
-        if ecg.get("pretrained") and set(ecg) - {"pretrained"}:
-            raise ValueError(f"{source}: model.ecg.pretrained loads a saved encoder, whose configuration would "
-                             f"override {sorted(set(ecg) - {'pretrained'})}; remove them or 'pretrained'")
-
-    attempt(ecg_section)
+    attempt(lambda: check_ecg_tower(model.get("ecg"), source))
     attempt(lambda: check_keys(data, SSL_DATA_KEYS, source, "data", owner="the ecg_self_supervised objective"))
     attempt(lambda: check_synthetic_section(data.get("synthetic"), source, paired=False))
     try:
