@@ -80,6 +80,7 @@ def test_a_fresh_process_loads_the_saved_ecg_encoder(tmp_path: Path, save) -> No
     done = subprocess.run([sys.executable, "-c", LOAD_AND_EMBED, str(folder), str(tmp_path / "ecg.npy")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "UNEXPECTED" not in done.stderr and "MISSING" not in done.stderr, done.stderr  # every weight has its place
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     inputs = fe(ecg=ecg, sampling_rate=100, return_tensors="pt")
     with torch.inference_mode():

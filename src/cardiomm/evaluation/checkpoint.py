@@ -112,15 +112,19 @@ def load_ecg_encoder(folder: str | os.PathLike, trust_remote_code: bool = False)
     file of the folder is imported (:func:`check_loadable_model_type`). ``ValueError`` naming the folder when it
     is not a checkpoint, holds no ECG encoder, or has no ECG feature extractor.
     """
-    from transformers import AutoFeatureExtractor, AutoModel, AutoProcessor
+    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification, AutoProcessor
 
     root = Path(folder)
     try:
         check_loadable_model_type(root, trust_remote_code)
     except FileNotFoundError as err:
         raise ValueError(str(err)) from err
+    architectures = json.loads((root / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    # a classifier loads as one, so that its head's weights are expected rather than reported as unused
+    auto_class = (AutoModelForSequenceClassification
+                  if any(str(name).endswith("ForSequenceClassification") for name in architectures) else AutoModel)
     try:
-        model = AutoModel.from_pretrained(root, trust_remote_code=trust_remote_code)
+        model = auto_class.from_pretrained(root, trust_remote_code=trust_remote_code)
     except (OSError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{root}: cannot load the checkpoint: {err}") from err
     try:
