@@ -61,6 +61,22 @@ EXAMPLE_CHECKS = {
         assert torch.isfinite(loss) and loss.item() > 0
         assert type(encoder).__name__ == "ECGEncoderModel"
         assert all(p.grad is not None for p in model.projection.parameters())
+    """,    "Pipelines": """
+        for result in (by_name, by_prompts, top_two):
+            scores = [item["score"] for item in result]
+            assert scores == sorted(scores, reverse=True), result
+        assert {item["label"] for item in by_name} == {"atrial fibrillation", "sinus rhythm"}
+        assert {item["label"] for item in by_prompts} == {"AFIB", "SR"}
+        assert len(top_two) == 2 and all(0 < item["score"] < 1 for item in top_two)
+        assert len(batch) == 2 and all(len(result) == 3 for result in batch)
+        import json
+        assert set(json.load(open("clf/config.json"))["custom_pipelines"]) == {"ecg-classification"}
+    """,
+    "ECG-MTL: one encoder, many clinical targets": """
+        assert torch.isfinite(out.loss) and abs(out.loss_weights.sum().item() - 1) < 1e-6
+        assert out.classification_logits.shape == (4, 2) and out.regression_predictions.shape == (4, 2)
+        assert tuple(lvef.shape) == (4,)
+        assert all(p.grad is not None for p in model.ecg_encoder.parameters() if p.requires_grad)
     """,
 }
 
