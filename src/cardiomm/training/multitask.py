@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
+from .annotated_rows import AnnotatedRows
 from .config import ExperimentConfig, check_keys, config_class_parameters
 from .experiment_data import ExperimentData
 
@@ -228,33 +228,6 @@ def fit_standardisation(regression: np.ndarray, tasks: Sequence[str], source: st
 
 
 # ------------------------------------------------------------------------------------------------ rows, batches
-class MultiTaskRows(Dataset):
-    """The rows of a dataset split (``ecg``, ``lead_mask``) with each row's ``classification_labels`` and
-    ``regression_labels`` (float32, NaN where unknown), read alongside."""
-
-    def __init__(self, split: Any, classification: np.ndarray, regression: np.ndarray) -> None:
-        if not len(split) == len(classification) == len(regression):
-            raise ValueError(f"{len(split)} rows but {len(classification)} / {len(regression)} target rows")
-        self.split = split
-        self.classification = classification
-        self.regression = regression
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def _with_targets(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
-        return {**row, "classification_labels": self.classification[index],
-                "regression_labels": self.regression[index]}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._with_targets(self.split[int(index)], int(index))
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        batch = self.split[[int(i) for i in indices]]  # one columnar read
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        return [self._with_targets(row, int(i)) for row, i in zip(rows, indices)]
-
-
 @dataclass
 class MultiTaskCollator:
     """ECG rows through the encoder's :class:`~cardiomm.ECGFeatureExtractor` (``input_values``, ``lead_mask``,
@@ -425,15 +398,16 @@ def build_multitask_run(experiment: ExperimentConfig, experiment_data: Experimen
     lead_names = list(feature_extractor.lead_names)
     # the records are resampled once (records_at_model_rate): the collator reads them at the extractor's rate
     collator = MultiTaskCollator(feature_extractor, sampling_rate=rate, lead_names=lead_names, crop="random")
-    train = MultiTaskRows(records_at_model_rate(train_split, feature_extractor, info).with_format("numpy"),
-                          classification, regression)
+    train = AnnotatedRows(records_at_model_rate(train_split, feature_extractor, info).with_format("numpy"),
+                          classification_labels=classification, regression_labels=regression)
     evaluation = eval_fn = None
     eval_name = data.get("eval_split", "validation")
     if eval_name in dataset and len(dataset[eval_name]):
         eval_split = dataset[eval_name]
         eval_rows = records_at_model_rate(eval_split, feature_extractor, info).with_format("numpy")
         eval_classification, eval_regression = task_targets(eval_split, config, info)
-        evaluation = MultiTaskRows(eval_rows, eval_classification, eval_regression)
+        evaluation = AnnotatedRows(eval_rows, classification_labels=eval_classification,
+                                   regression_labels=eval_regression)
         eval_fn = MultiTaskEvaluation(eval_rows, eval_classification, eval_regression, feature_extractor,
                                       batch_size=training.per_device_eval_batch_size or training.per_device_batch_size)
     return PretrainingRun(model, feature_extractor, None, train, evaluation, collator, info, eval_fn=eval_fn)
@@ -444,7 +418,6 @@ __all__ = [
     "MULTITASK_DATA_KEYS",
     "MultiTaskCollator",
     "MultiTaskEvaluation",
-    "MultiTaskRows",
     "TaskSpec",
     "build_multitask_run",
     "check_multitask_experiment",

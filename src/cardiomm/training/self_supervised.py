@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
+from .annotated_rows import AnnotatedRows
 from .config import ExperimentConfig, check_keys, config_class_parameters
 from .experiment_data import ExperimentData
 
@@ -63,36 +63,6 @@ ENCODER_FOLDER = "encoder"
 
 SSL_DATA_KEYS = ("path", "synthetic", "train_split", "eval_split", "test_split", "sampling_rate", "crop_length",
                  "normalization", "strategy", "views", "positives")
-
-
-class PositiveRows(Dataset):
-    """The rows of a dataset split with what makes them positive: ``positive_id`` (a group code, or the row's own
-    index) and/or ``positive_attributes`` (standardised wave attributes), read alongside each row."""
-
-    def __init__(self, split: Any, positive_ids: np.ndarray | None = None,
-                 positive_attributes: np.ndarray | None = None) -> None:
-        self.split = split
-        self.positive_ids = positive_ids
-        self.positive_attributes = positive_attributes
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def _with_positives(self, row: dict[str, Any], index: int) -> dict[str, Any]:
-        row = dict(row)
-        if self.positive_ids is not None:
-            row["positive_id"] = int(self.positive_ids[index])
-        if self.positive_attributes is not None:
-            row["positive_attributes"] = self.positive_attributes[index]
-        return row
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._with_positives(self.split[int(index)], int(index))
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        batch = self.split[[int(i) for i in indices]]  # one columnar read
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        return [self._with_positives(row, int(i)) for row, i in zip(rows, indices)]
 
 
 def _strategy(data: dict[str, Any]) -> str:
@@ -285,8 +255,8 @@ def build_self_supervised_run(experiment: ExperimentConfig, experiment_data: Exp
     eval_batch_size = training.per_device_eval_batch_size or training.per_device_batch_size
     train_batches = eval_batches = None
     if strategy in SAME_ECG_STRATEGIES:
-        train = PositiveRows(rows(train_split), positive_ids=np.arange(len(train_split)))
-        evaluation = (PositiveRows(rows(eval_split), positive_ids=np.arange(len(eval_split)))
+        train = AnnotatedRows(rows(train_split), positive_id=np.arange(len(train_split)))
+        evaluation = (AnnotatedRows(rows(eval_split), positive_id=np.arange(len(eval_split)))
                       if eval_split is not None else None)
     elif strategy == "attributes":
         columns = positives.get("columns", "auto")
@@ -295,7 +265,7 @@ def build_self_supervised_run(experiment: ExperimentConfig, experiment_data: Exp
         train_attributes = standardise(raw_train, raw_train).astype(np.float32)
         print(f"wave attributes ({len(names)}): {', '.join(names)}; h = {threshold}", flush=True)
         max_neighbours = int(positives.get("max_neighbours", 32))
-        train = PositiveRows(rows(train_split), positive_attributes=train_attributes)
+        train = AnnotatedRows(rows(train_split), positive_attributes=train_attributes)
         train_batches = PositivePairBatchSampler(
             AttributeNeighbours(train_attributes, threshold, max_neighbours=max_neighbours),
             2 * training.per_device_batch_size, seed=training.seed, drop_last=True,
@@ -308,7 +278,7 @@ def build_self_supervised_run(experiment: ExperimentConfig, experiment_data: Exp
                 raise ValueError(f"the {eval_name} split's wave attributes {eval_names} differ from the training "
                                  f"split's {names}; give data.positives.columns explicitly")
             eval_attributes = standardise(raw_eval, raw_train).astype(np.float32)
-            evaluation = PositiveRows(rows(eval_split), positive_attributes=eval_attributes)
+            evaluation = AnnotatedRows(rows(eval_split), positive_attributes=eval_attributes)
             eval_batches = PositivePairBatchSampler(
                 AttributeNeighbours(eval_attributes, threshold, max_neighbours=max_neighbours),
                 2 * eval_batch_size, seed=training.seed, drop_last=False, shuffle=False,
@@ -316,14 +286,14 @@ def build_self_supervised_run(experiment: ExperimentConfig, experiment_data: Exp
     else:
         # rows without a group (code -1) have no candidate: the samplers never draw them
         train_groups = GroupCandidates(group_ids(train_split, strategy, positives))
-        train = PositiveRows(rows(train_split), positive_ids=train_groups.codes)
+        train = AnnotatedRows(rows(train_split), positive_id=train_groups.codes)
         train_batches = PositivePairBatchSampler(train_groups, 2 * training.per_device_batch_size,
                                                  seed=training.seed, drop_last=True)
         evaluation = None
         if eval_split is not None:
             # group codes are per split: equal keys of the two splits need not have equal codes
             eval_groups = GroupCandidates(group_ids(eval_split, strategy, positives))
-            evaluation = PositiveRows(rows(eval_split), positive_ids=eval_groups.codes)
+            evaluation = AnnotatedRows(rows(eval_split), positive_id=eval_groups.codes)
             eval_batches = PositivePairBatchSampler(eval_groups, 2 * eval_batch_size, seed=training.seed,
                                                     drop_last=False, shuffle=False)
     if train_batches is not None:
