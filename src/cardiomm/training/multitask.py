@@ -45,7 +45,7 @@ name replaced by ``_``), next to ``eval_loss``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,24 +282,15 @@ def metric_key(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ checks, run
-def check_multitask_experiment(model: dict[str, Any], data: dict[str, Any], source: str) -> list[str]:
-    """Problems (one line each, naming ``source`` and the key) of the ``model`` and ``data`` sections of an
-    ``ecg_multitask`` experiment; nothing is built or read (the columns are checked when the dataset is read)."""
+def multitask_checks(model: dict[str, Any], data: dict[str, Any], source: str) -> list[Callable[[], None]]:
+    """The checks of the ``model`` and ``data`` sections of an ``ecg_multitask`` experiment, run by
+    :func:`~cardiomm.training.objectives.check_experiment` like every objective's; each raises a ``ValueError``
+    naming ``source`` and the key. Nothing is built or read (the columns are checked when the dataset is read)."""
     from ..modeling.configuration_ecg_mtl import ECGMultiTaskConfig
     from .experiment_data import check_synthetic_section
     from .objectives import check_ecg_tower
 
-    problems: list[str] = []
-
-    def attempt(check: Any) -> None:
-        try:
-            check()
-        except (ValueError, TypeError) as err:
-            problems.append(str(err) if str(err).startswith(source) else f"{source}: {err}")
-
     accepted = {"type", "init_from", "ecg"} | (config_class_parameters(ECGMultiTaskConfig) - set(DATA_FILLED_FIELDS))
-    attempt(lambda: check_keys(model, accepted, source, "model",
-                               owner="ECGMultiTaskConfig or the ecg_multitask objective"))
 
     def columns_section() -> None:
         classification = _string_list(data.get("classification_columns"), source, "data.classification_columns")
@@ -319,11 +310,13 @@ def check_multitask_experiment(model: dict[str, Any], data: dict[str, Any], sour
                 raise ValueError(f"{source}: data.regression_valid_ranges.{column} must be [low, high] with "
                                  f"low < high, got {bounds!r}")
 
-    attempt(lambda: check_ecg_tower(model.get("ecg"), source))
-    attempt(lambda: check_keys(data, MULTITASK_DATA_KEYS, source, "data", owner="the ecg_multitask objective"))
-    attempt(lambda: check_synthetic_section(data.get("synthetic"), source, paired=False))
-    attempt(columns_section)
-    return problems
+    return [
+        lambda: check_keys(model, accepted, source, "model", owner="ECGMultiTaskConfig or the ecg_multitask objective"),
+        lambda: check_ecg_tower(model.get("ecg"), source),
+        lambda: check_keys(data, MULTITASK_DATA_KEYS, source, "data", owner="the ecg_multitask objective"),
+        lambda: check_synthetic_section(data.get("synthetic"), source, paired=False),
+        columns_section,
+    ]
 
 
 def _split(dataset: Any, name: str, what: str, source: str) -> Any:
@@ -420,9 +413,9 @@ __all__ = [
     "MultiTaskEvaluation",
     "TaskSpec",
     "build_multitask_run",
-    "check_multitask_experiment",
     "fit_standardisation",
     "metric_key",
+    "multitask_checks",
     "resolve_tasks",
     "task_targets",
 ]

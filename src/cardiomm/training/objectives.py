@@ -613,13 +613,10 @@ def check_experiment(experiment: ExperimentConfig) -> None:
             raise ValueError("\n".join(problems))
         return
     if kind == "ecg_multitask":
-        from .multitask import check_multitask_experiment
+        from .multitask import multitask_checks
 
-        problems = check_multitask_experiment(model, data, source)
-        if problems:
-            raise ValueError("\n".join(problems))
-        return
-    if kind == "sehr_bert":
+        checks += multitask_checks(model, data, source)
+    elif kind == "sehr_bert":
         accepted = {"type", "pretrained"} | config_class_parameters(SEHRBertConfig)
         checks += [
             lambda: check_keys(model, accepted, source, "model", owner="SEHRBertConfig or the sehr_bert objective"),
