@@ -565,19 +565,23 @@ ECG_ENCODER_NETWORKS: dict[str, type[nn.Module]] = {
 }
 
 
+def mlp_hidden_layers(in_features: int, hidden_sizes: list[int], dropout: float) -> nn.Sequential:
+    """`Linear -> ReLU -> Dropout` per hidden size (empty for none): the hidden part of an MLP head."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_features, size), nn.ReLU(), nn.Dropout(dropout)]
+        in_features = size
+    return nn.Sequential(*layers)
+
+
 class ECGClassificationHead(nn.Module):
     """Linear probe, or the EHR paper's MLP (hidden sizes 128, 64; ReLU; dropout 0.2) followed by a linear layer."""
 
     def __init__(self, config: ECGEncoderConfig) -> None:
         super().__init__()
-        hidden_sizes = config.classifier_hidden_sizes if config.classifier_head == "mlp" else []
-        layers: list[nn.Module] = []
-        in_features = config.hidden_size
-        for size in hidden_sizes:
-            layers += [nn.Linear(in_features, size), nn.ReLU(), nn.Dropout(config.classifier_dropout)]
-            in_features = size
-        self.hidden_layers = nn.Sequential(*layers)
-        self.out_proj = nn.Linear(in_features, config.num_labels)
+        hidden_sizes = list(config.classifier_hidden_sizes) if config.classifier_head == "mlp" else []
+        self.hidden_layers = mlp_hidden_layers(config.hidden_size, hidden_sizes, config.classifier_dropout)
+        self.out_proj = nn.Linear(hidden_sizes[-1] if hidden_sizes else config.hidden_size, config.num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.hidden_layers(pooled))

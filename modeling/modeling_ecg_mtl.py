@@ -34,7 +34,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_ecg_encoder import ECGEncoderConfig
 from .configuration_ecg_mtl import ECGMultiTaskConfig
-from .modeling_ecg_encoder import ECGEncoderModel
+from .modeling_ecg_encoder import ECGEncoderModel, mlp_hidden_layers
 
 
 @dataclass
@@ -76,12 +76,8 @@ class ECGTaskHead(nn.Module):
 
     def __init__(self, in_features: int, hidden_sizes: list[int], dropout: float) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for size in hidden_sizes:
-            layers += [nn.Linear(in_features, size), nn.ReLU(), nn.Dropout(dropout)]
-            in_features = size
-        self.hidden_layers = nn.Sequential(*layers)
-        self.out_proj = nn.Linear(in_features, 1)
+        self.hidden_layers = mlp_hidden_layers(in_features, list(hidden_sizes), dropout)
+        self.out_proj = nn.Linear(hidden_sizes[-1] if hidden_sizes else in_features, 1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.hidden_layers(pooled)).squeeze(-1)
